@@ -1,0 +1,3 @@
+from instembed.cli import main
+
+raise SystemExit(main())

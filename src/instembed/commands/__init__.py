@@ -1,0 +1,1 @@
+"""Sub-commands of the ``instembed`` CLI; see :mod:`instembed.cli` for the module contract."""
