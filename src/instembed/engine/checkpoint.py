@@ -1,0 +1,221 @@
+"""Checkpoints: atomic writes, safe loads, compatibility checks, RNG state capture.
+
+A checkpoint is a plain dict saved with :func:`torch.save` and read back with
+``torch.load(weights_only=True)`` only (no arbitrary unpickling). It holds nothing but tensors,
+numbers, strings, lists and dicts::
+
+    format        "instembed-checkpoint-v1"
+    version       instembed version that wrote it
+    config        the resolved run config as a YAML string
+    model         model state_dict
+    step          optimizer steps done
+    optimizer     optimizer state_dict            (training checkpoints)
+    scheduler     LR scheduler state_dict         (training checkpoints)
+    scaler        AMP GradScaler state_dict       (when mixed precision is on)
+    rng           {"torch": uint8 tensor, "numpy": {...}, "python": [...], "cuda": [...]}
+    metrics       last validation metrics {name: float}
+    best          {"metric": str, "value": float, "step": int}
+
+Writes go to a temporary file in the same folder, are flushed and fsync'ed, then moved over the
+target with :func:`os.replace` (atomic on POSIX), so a crash or a full disk at any moment leaves
+either the old or the new checkpoint, never a torn one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from instembed import __version__
+
+log = logging.getLogger(__name__)
+
+FORMAT = "instembed-checkpoint-v1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the model (message names the file)."""
+
+
+# --------------------------------------------------------------------------- writing
+def _write(obj: Any, fh) -> None:
+    """Serialize ``obj`` into the open binary file ``fh`` (a seam for fault-injection tests)."""
+    torch.save(obj, fh)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save(obj, path)`` through a temporary file + fsync + :func:`os.replace`.
+
+    On any failure (disk full, Ctrl-C) the temporary file is removed and an existing ``path``
+    is left untouched; the exception propagates.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            _write(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def save_checkpoint(
+    path: str | Path,
+    *,
+    model_state: dict[str, torch.Tensor],
+    config_yaml: str,
+    step: int,
+    optimizer: dict | None = None,
+    scheduler: dict | None = None,
+    scaler: dict | None = None,
+    rng: dict | None = None,
+    metrics: dict[str, float] | None = None,
+    best: dict | None = None,
+) -> Path:
+    """Write a checkpoint atomically (see module docstring for the layout)."""
+    state = {
+        "format": FORMAT,
+        "version": __version__,
+        "config": config_yaml,
+        "model": {k: v.detach().cpu() for k, v in model_state.items()},
+        "step": int(step),
+    }
+    for key, value in (
+        ("optimizer", optimizer),
+        ("scheduler", scheduler),
+        ("scaler", scaler),
+        ("rng", rng),
+        ("metrics", metrics),
+        ("best", best),
+    ):
+        if value is not None:
+            state[key] = value
+    return atomic_save(state, path)
+
+
+# --------------------------------------------------------------------------- reading
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint with ``torch.load(weights_only=True)`` and check its format.
+
+    Raises ``FileNotFoundError`` for a missing file and :class:`CheckpointError` for a file that
+    is not an instembed checkpoint (torn, foreign, or holding pickled objects).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad checkpoint
+        raise CheckpointError(
+            f"{path}: not a loadable checkpoint ({type(err).__name__}: {err})"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        got = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path}: expected an {FORMAT} checkpoint, got format {got!r}")
+    for key in ("model", "config", "step"):
+        if key not in state:
+            raise CheckpointError(f"{path}: checkpoint has no {key!r} entry")
+    return state
+
+
+def check_compatible(
+    model: torch.nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint"
+) -> None:
+    """Raise :class:`CheckpointError` when ``state`` (a state_dict) does not fit ``model``.
+
+    The message lists missing / unexpected parameter names and shape mismatches.
+    """
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [
+        f"{k}: {source} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(own[k].shape) != tuple(state[k].shape)
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} keys (e.g. {missing[:3]})")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} keys (e.g. {unexpected[:3]})")
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatches (e.g. {shapes[:3]})")
+        raise CheckpointError(
+            f"{source} does not fit the model {type(model).__name__}: " + "; ".join(parts)
+        )
+
+
+def load_model_state(
+    model: torch.nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint"
+) -> None:
+    """:func:`check_compatible`, then ``model.load_state_dict(state)``."""
+    check_compatible(model, state, source)
+    model.load_state_dict(state)
+
+
+# --------------------------------------------------------------------------- RNG state
+def capture_rng_state() -> dict:
+    """The torch / numpy / python / CUDA global RNG states as weights_only-safe objects."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002 - global state used by libraries
+    version, internal, gauss_next = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
+        "python": [int(version), [int(v) for v in internal], gauss_next],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = [s for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    torch.set_rng_state(state["torch"].cpu())
+    npst = state["numpy"]
+    np.random.set_state(  # noqa: NPY002
+        (
+            npst["kind"],
+            npst["keys"].numpy().astype(np.uint32),
+            npst["pos"],
+            npst["has_gauss"],
+            npst["cached"],
+        )
+    )
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = state["cuda"]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([s.cpu() for s in cuda])

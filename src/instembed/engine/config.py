@@ -1,0 +1,328 @@
+"""Typed run configuration: one dataclass per component, filled from YAML, overridable by ``key=value``.
+
+A config file is a YAML mapping with up to six sections, each filling one dataclass::
+
+    data:    DataConfig     where samples come from, crops, augmentation, batch size
+    model:   ModelConfig    arguments of :func:`instembed.models.build_model`
+    loss:    LossConfig     arguments of :func:`instembed.losses.build_loss`
+    cluster: ClusterConfig  arguments of :func:`instembed.cluster.cluster_embeddings`
+    optim:   OptimConfig    optimizer, schedule, clipping, mixed precision
+    run:     RunConfig      steps, seed, validation / checkpoint cadence, logging
+
+Unknown keys and values of the wrong type are rejected with a :class:`ConfigError` naming the
+dotted key (``optim.lr: expected float, got str 'fast'``) before any work starts. Free-form
+component arguments go under ``params`` (a plain mapping passed through as ``**kwargs``).
+
+Overrides are ``dotted.key=value`` strings whose value is parsed as YAML (``optim.lr=3e-4``,
+``data.crop=[128,128]``, ``model.params.depth=3``). The resolved config is written as YAML beside
+every checkpoint (``config.yaml``) and inside it (a YAML string, so checkpoints stay loadable with
+``torch.load(weights_only=True)``).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema (message names the key)."""
+
+
+@dataclass
+class DataConfig:
+    """Where the training / validation samples come from.
+
+    Either ``synth`` names a synthetic generator (:func:`instembed.data.synth.make_samples` kind)
+    or ``path`` names a data folder read by :func:`instembed.data.readers.open_dataset`.
+    Validation uses ``val_path`` when given, else the last ``val_fraction`` of the training set
+    (synthetic: ``n_val`` extra samples with another seed).
+    """
+
+    synth: str | None = None  # synthetic kind, e.g. "dot_grid"
+    synth_params: dict[str, Any] = field(default_factory=dict)  # extra make_samples kwargs
+    n_train: int = 64  # synthetic: number of training samples
+    n_val: int = 8  # synthetic: number of validation samples
+    size: list[int] = field(default_factory=lambda: [128, 128])  # synthetic image (H, W)
+    path: str | None = None  # data folder (reader)
+    format: str = "auto"  # reader format
+    reader_params: dict[str, Any] = field(default_factory=dict)
+    val_path: str | None = None
+    val_fraction: float = 0.1  # used when val_path is None and data come from path
+    crop: list[int] | None = None  # random crop (H, W) for training; None = whole image
+    flip: bool = True
+    rot90: bool = True
+    targets: list[str] = field(default_factory=list)  # method targets (losses.targets names)
+    batch_size: int = 4
+    num_workers: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """Arguments of :func:`instembed.models.build_model`."""
+
+    name: str = "unet"
+    in_channels: int = 1
+    heads: dict[str, int] = field(default_factory=lambda: {"embedding": 8})
+    semiconv: bool = False
+    coord_scale: float | None = None  # None = the model's default
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LossConfig:
+    """Arguments of :func:`instembed.losses.build_loss`."""
+
+    name: str = "discriminative"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ClusterConfig:
+    """Arguments of :func:`instembed.cluster.cluster_embeddings` (used for validation and predict)."""
+
+    method: str = "meanshift"
+    params: dict[str, Any] = field(default_factory=dict)
+    foreground_threshold: float | None = 0.5  # on the seed map, when the model has one
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer, learning-rate schedule, clipping and mixed precision."""
+
+    optimizer: str = "adamw"  # "adamw" | "adam"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    schedule: str = "poly"  # "poly" | "cosine" | "constant"
+    poly_power: float = 0.9
+    warmup_steps: int = 0
+    min_lr: float = 0.0
+    grad_clip: float | None = 1.0  # max gradient norm; None = off
+    amp: bool = True  # mixed precision, used on CUDA only
+
+
+@dataclass
+class RunConfig:
+    """Length of the run, seeding, cadence of validation / checkpoints / logs."""
+
+    steps: int = 1000
+    seed: int = 0
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1" ...
+    deterministic: bool = True  # torch.use_deterministic_algorithms on CPU
+    val_every: int = 200  # steps; 0 = validate only at the end
+    ckpt_every: int = 200  # steps; 0 = checkpoint only at the end
+    log_every: int = 10  # steps between CSV / TensorBoard rows
+    best_metric: str = "AP"  # validation metric for best-model selection ("loss" = val loss)
+    best_mode: str = "max"  # "max" | "min"
+    tensorboard: bool = True  # when the tensorboard package is installed
+    progress: bool = True  # tqdm progress bar
+    max_val_images: int | None = None  # cap the validation set
+
+
+@dataclass
+class Config:
+    """The whole run: one section per component."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "optim.optimizer": ("adamw", "adam"),
+    "optim.schedule": ("poly", "cosine", "constant"),
+    "run.best_mode": ("max", "min"),
+}
+
+
+# --------------------------------------------------------------------------- type checking
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Return ``value`` checked against the annotation ``tp`` (ints accepted for floats)."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # Optional[X]: the inner error names the exact key
+            return _coerce(value, options[0], key)
+        for arg in options:
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping (section), got {type(value).__name__}")
+        return _build(tp, value, key)
+    if origin is list:
+        (item,) = typing.get_args(tp) or (Any,)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        kt, vt = typing.get_args(tp) or (str, Any)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
+        return {
+            _coerce(k, kt, f"{key} key"): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()
+        }
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - schema uses only the types above
+        raise TypeError(f"unsupported annotation {tp!r} for {key}")
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+def _build(cls: type, data: dict, prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(
+            f"unknown config key '{where}{unknown[0]}'"
+            f" (valid keys{' of ' + prefix if prefix else ''}: {', '.join(names)})"
+        )
+    kwargs = {}
+    for name in names:
+        if name in data:
+            key = f"{prefix}.{name}" if prefix else name
+            kwargs[name] = _coerce(data[name], hints[name], key)
+            if key in CHOICES and kwargs[name] not in CHOICES[key]:
+                raise ConfigError(
+                    f"{key}: expected one of {list(CHOICES[key])}, got {kwargs[name]!r}"
+                )
+    return cls(**kwargs)
+
+
+# --------------------------------------------------------------------------- public API
+def config_from_dict(data: dict | None) -> Config:
+    """Build a :class:`Config` from a nested mapping; missing keys keep their defaults."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config must be a mapping of sections, got {type(data).__name__}")
+    return _build(Config, data, "")
+
+
+def config_to_dict(cfg: Config) -> dict:
+    """Plain nested dict (only str/int/float/bool/None/list/dict), YAML- and torch-safe."""
+    return dataclasses.asdict(cfg)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"optim.lr=3e-4"`` -> (["optim", "lr"], 3e-4); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected dotted.key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({err})") from None
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Return a copy of the nested mapping ``data`` with ``dotted.key=value`` overrides applied."""
+    data = copy.deepcopy(data)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for i, part in enumerate(path[:-1]):
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(
+                    f"override {text!r}: {'.'.join(path[: i + 1])} is not a section or mapping"
+                )
+            node = nxt
+        node[path[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or start from defaults when ``path`` is None) and apply overrides.
+
+    Raises :class:`ConfigError` naming the file and key for unknown keys or wrong types, and
+    ``FileNotFoundError`` for a missing file.
+    """
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    try:
+        return config_from_dict(apply_overrides(data, overrides or []))
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}" if path is not None else str(err)) from None
+
+
+def config_to_yaml(cfg: Config) -> str:
+    """The resolved config as YAML text (round-trips through :func:`config_from_yaml`)."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
+
+
+def config_from_yaml(text: str) -> Config:
+    """Parse YAML text (e.g. stored in a checkpoint) into a :class:`Config`."""
+    return config_from_dict(yaml.safe_load(text) or {})
+
+
+def save_config(cfg: Config, path: str | Path) -> Path:
+    """Write the resolved config as YAML (atomically: temporary file + rename)."""
+    import os
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as fh:
+        fh.write(config_to_yaml(cfg))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,115 @@
+import errno
+import random
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+
+from instembed.engine import checkpoint as ck
+
+
+def _net(width=4):
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, width, 3), torch.nn.ReLU(), torch.nn.Conv2d(width, 2, 1)
+    )
+
+
+def test_save_load_round_trip_with_weights_only(tmp_path):
+    net = _net()
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
+    net(torch.randn(1, 1, 8, 8)).sum().backward()
+    opt.step()
+    path = ck.save_checkpoint(
+        tmp_path / "last.pt",
+        model_state=net.state_dict(),
+        config_yaml="run:\n  steps: 3\n",
+        step=7,
+        optimizer=opt.state_dict(),
+        rng=ck.capture_rng_state(),
+        metrics={"AP": 0.5},
+        best={"metric": "AP", "value": 0.5, "step": 7},
+    )
+    # an independent plain weights_only load succeeds: nothing but tensors and primitives inside
+    raw = torch.load(path, weights_only=True)
+    assert raw["step"] == 7 and raw["config"].startswith("run:")
+    state = ck.load_checkpoint(path)
+    other = _net(width=4)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.zero_()
+    ck.load_model_state(other, state["model"])
+    for a, b in zip(net.state_dict().values(), other.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    opt2 = torch.optim.AdamW(other.parameters(), lr=1e-2)
+    opt2.load_state_dict(state["optimizer"])
+    assert torch.equal(
+        opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"]
+    )
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_incompatible_model_gives_clear_error(tmp_path):
+    path = ck.save_checkpoint(
+        tmp_path / "a.pt", model_state=_net(4).state_dict(), config_yaml="", step=0
+    )
+    state = ck.load_checkpoint(path)
+    with pytest.raises(ck.CheckpointError, match=r"shape mismatch.*0\.weight"):
+        ck.load_model_state(_net(6), state["model"], source=str(path))
+    deeper = torch.nn.Sequential(*_net(4), torch.nn.Conv2d(2, 2, 1))
+    with pytest.raises(ck.CheckpointError, match="missing 2 keys"):
+        ck.check_compatible(deeper, state["model"])
+
+
+def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    ck.save_checkpoint(path, model_state=_net().state_dict(), config_yaml="a", step=1)
+    before = path.read_bytes()
+
+    def disk_full(obj, fh):  # writes part of the file, then the disk is full
+        fh.write(b"\x00" * 100)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ck, "_write", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        ck.save_checkpoint(path, model_state=_net().state_dict(), config_yaml="b", step=2)
+    assert path.read_bytes() == before
+    assert ck.load_checkpoint(path)["step"] == 1
+    assert list(tmp_path.iterdir()) == [path]  # temporary file cleaned up
+
+
+def test_rejects_foreign_and_pickled_files(tmp_path):
+    p = tmp_path / "plain.pt"
+    torch.save({"weights": torch.zeros(2)}, p)
+    with pytest.raises(ck.CheckpointError, match="format"):
+        ck.load_checkpoint(p)
+
+    # an arbitrary (non-tensor, non-primitive) object needs full unpickling -> refused
+    q = tmp_path / "evil.pt"
+    torch.save({"format": ck.FORMAT, "model": {}, "config": "", "step": 0, "x": Fraction(1, 3)}, q)
+    with pytest.raises(ck.CheckpointError, match="not a loadable checkpoint"):
+        ck.load_checkpoint(q)
+    r = tmp_path / "torn.pt"
+    r.write_bytes(b"PK\x03\x04 torn")
+    with pytest.raises(ck.CheckpointError, match="torn.pt"):
+        ck.load_checkpoint(r)
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        ck.load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_rng_state_round_trip_through_checkpoint(tmp_path):
+    torch.manual_seed(1)
+    np.random.seed(2)  # noqa: NPY002 - the legacy global state is what is captured
+    random.seed(3)
+    state = ck.capture_rng_state()
+    path = ck.save_checkpoint(tmp_path / "r.pt", model_state={}, config_yaml="", step=0, rng=state)
+    expected = (torch.rand(3), np.random.rand(3), random.random())  # noqa: NPY002
+    torch.manual_seed(99)
+    np.random.seed(99)  # noqa: NPY002 - the legacy global state is what is captured
+    random.seed(99)
+    ck.restore_rng_state(ck.load_checkpoint(path)["rng"])
+    got = (torch.rand(3), np.random.rand(3), random.random())  # noqa: NPY002
+    assert torch.equal(expected[0], got[0])
+    assert np.array_equal(expected[1], got[1])
+    assert expected[2] == got[2]
