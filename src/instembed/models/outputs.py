@@ -36,13 +36,17 @@ class Outputs:
 
     def to_dict(self) -> dict[str, torch.Tensor]:
         """The fields that are set, as a plain dict (for TorchScript / ONNX / saving)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        return {
+            f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, torch.Tensor]) -> Outputs:
         unknown = set(d) - set(OUTPUT_FIELDS)
         if unknown:
-            raise ValueError(f"unknown output names {sorted(unknown)}; valid: {list(OUTPUT_FIELDS)}")
+            raise ValueError(
+                f"unknown output names {sorted(unknown)}; valid: {list(OUTPUT_FIELDS)}"
+            )
         return cls(**d)
 
     def index(self, i: int) -> Outputs:

@@ -1,0 +1,147 @@
+"""Networks: shapes at odd sizes, no NaN, every parameter gets a gradient, receptive field."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from instembed.models import Outputs, build_model
+
+ALL_HEADS = {
+    "embedding": 4,
+    "seed": 1,
+    "sigma": 2,
+    "center": 1,
+    "offset": 2,
+    "semantic": 3,
+    "class_embedding": 12,  # K = 3 classes x E = 4 dims
+}
+TINY = {
+    "unet": {"depth": 2, "width": 4},
+    "erfnet": {"widths": (4, 8, 16)},
+    "enet": {"widths": (4, 8, 16)},
+}
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+@pytest.mark.parametrize("size", [(33, 35), (32, 32), (17, 40)])
+def test_shapes_finite_and_every_parameter_gets_gradient(name, size):
+    torch.manual_seed(0)
+    model = build_model(
+        name, 2, heads=ALL_HEADS, semiconv=True, coordconv=True, head_groups="auto", **TINY[name]
+    )
+    model.train()
+    x = torch.randn(2, 2, *size)
+    out = model(x, coords_origin=torch.tensor([[3, 7], [0, 0]]))
+    assert isinstance(out, Outputs)
+    h, w = size
+    expected = {
+        "embedding": (2, 4, h, w),
+        "seed": (2, 1, h, w),
+        "sigma": (2, 2, h, w),
+        "center": (2, 1, h, w),
+        "offset": (2, 2, h, w),
+        "semantic": (2, 3, h, w),
+        "class_embedding": (2, 3, 4, h, w),
+    }
+    got = {k: tuple(v.shape) for k, v in out.to_dict().items()}
+    assert got == expected
+    for k, v in out.to_dict().items():
+        assert torch.isfinite(v).all(), k
+    assert ((out.seed >= 0) & (out.seed <= 1)).all()
+    assert (out.sigma > 0).all()
+    # a random linear functional of every output reaches every parameter
+    g = torch.Generator().manual_seed(1)
+    total = sum((v * torch.randn(v.shape, generator=g)).sum() for v in out.to_dict().values())
+    total.backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, pname
+        assert torch.isfinite(p.grad).all(), pname
+        assert p.grad.abs().sum() > 0, pname
+
+
+def test_eval_mode_returns_same_fields():
+    model = build_model("unet", 1, heads={"embedding": 3, "seed": 1}, depth=1, width=4)
+    x = torch.randn(1, 1, 9, 11)
+    f_train = set(model.train()(x).to_dict())
+    f_eval = set(model.eval()(x).to_dict())
+    assert f_train == f_eval == {"embedding", "seed"}
+
+
+def test_unknown_name_lists_valid_names():
+    with pytest.raises(ValueError, match=r"valid names: \['enet', 'erfnet', 'unet'\]"):
+        build_model("resnet")
+
+
+def test_bad_heads_and_input_errors():
+    with pytest.raises(ValueError, match="unknown head names"):
+        build_model("unet", heads={"embeding": 8}, depth=1, width=2)
+    with pytest.raises(ValueError, match="offset"):
+        build_model("unet", heads={"offset": 3}, depth=1, width=2)
+    with pytest.raises(ValueError, match="semiconv needs embedding dims"):
+        build_model("unet", heads={"embedding": 1}, semiconv=True, depth=1, width=2)
+    model = build_model("unet", 3, depth=1, width=2)
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        model(torch.zeros(1, 1, 8, 8))
+
+
+def test_semiconv_model_adds_original_image_coordinates():
+    # With every weight zero the network's Phi is 0, so Psi must be exactly u: the pixel at
+    # row i, column j of a crop whose origin is (y0, x0) gets ((y0 + i) s, (x0 + j) s).
+    s = 0.25
+    model = build_model(
+        "unet", 1, heads={"embedding": 3}, semiconv=True, coord_scale=s, depth=1, width=2
+    )
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    out = model.eval()(torch.randn(2, 1, 5, 7), coords_origin=torch.tensor([[10, 20], [0, 0]]))
+    e = out.embedding
+    assert e[0, 0, 2, 3].item() == pytest.approx((10 + 2) * s)
+    assert e[0, 1, 2, 3].item() == pytest.approx((20 + 3) * s)
+    assert e[1, 0, 4, 6].item() == pytest.approx(4 * s)
+    assert e[1, 1, 4, 6].item() == pytest.approx(6 * s)
+    assert (e[:, 2] == 0).all()  # appearance dim gets no coordinate
+
+
+def _theoretical_support(model: nn.Module, size: int) -> int:
+    """Side of the input window that the centre output pixel depends on, measured by autograd.
+
+    Max pools are swapped for average pools, weights made positive, biases 0.1, no norm: every
+    activation is then positive, so ReLU passes every path and the gradient support is the
+    whole theoretical receptive field.
+    """
+    for m in list(model.modules()):
+        for cname, child in list(m.named_children()):
+            if isinstance(child, nn.MaxPool2d):
+                setattr(m, cname, nn.AvgPool2d(2))
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            p.copy_(p.abs() + 0.01 if "weight" in pname else torch.full_like(p, 0.1))
+    model = model.double().eval()
+    x = torch.ones(1, 1, size, size, dtype=torch.float64, requires_grad=True)
+    out = model(x).embedding
+    out[0, 0, size // 2, size // 2].backward()
+    rows = (x.grad[0, 0].abs() > 0).any(1).nonzero()
+    return int(rows.max() - rows.min() + 1)
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_unet_receptive_field_matches_gradient_support(depth):
+    model = build_model("unet", 1, heads={"embedding": 2}, depth=depth, width=2, norm="none")
+    rf = model.receptive_field
+    # hand count, depth 1: 2 convs (4) + pool (1) + 2 convs at jump 2 (8) + up + 2 convs (4) = 18
+    if depth == 1:
+        assert rf == 18
+    assert _theoretical_support(model, 4 * rf) == rf
+
+
+@pytest.mark.parametrize("name", ["erfnet", "enet"])
+def test_receptive_field_bounds_gradient_support(name):
+    # ERFNet / ENet's theoretical field (> 1000 px) is too large to measure here; check that the
+    # gradient support on a 96 x 96 input already reaches the image border (field > 96) and that
+    # the reported field exceeds it.
+    model = build_model(name, 1, heads={"embedding": 2}, norm="none", **TINY[name])
+    assert _theoretical_support(model, 96) == 96
+    assert model.receptive_field > 96
