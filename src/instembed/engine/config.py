@@ -89,8 +89,7 @@ class ClusterConfig:
     """Arguments of :func:`instembed.cluster.cluster_embeddings` (used for validation and predict)."""
 
     method: str = "meanshift"
-    params: dict[str, Any] = field(default_factory=dict)
-    foreground_threshold: float | None = 0.5  # on the seed map, when the model has one
+    params: dict[str, Any] = field(default_factory=dict)  # method parameters (bandwidth, k, ...)
 
 
 @dataclass
