@@ -1,0 +1,175 @@
+"""PyTorch dataset over Samples (a list or any reader) and the batch collate function.
+
+Each item is a dict of tensors (the batch contract shared with losses and the engine)::
+
+    "image"          float32 (C, H, W)
+    "labels"         int64   (H, W)  0 = background, 1..N = instances (sequential); pixels that
+                                     belong to several masks of a stack are 0 here and True in
+                                     "ignore"
+    "ignore"         bool    (H, W)  True = excluded from losses and scores
+    "semantic"       int64   (H, W)  class ids, 255 = void (only when the samples have it)
+    "classes"        int64   (N,)    class of instance k at position k - 1 (when known)
+    "coords_origin"  int64   (2,)    (y0, x0) of this crop in the (augmented) full image
+    "index"          int64   ()      position in the underlying sequence
+    + the tensors returned by ``instembed.losses.targets.build_targets(name, labels, ...)`` for
+      each name in ``targets``.
+
+:func:`collate` stacks equal-shaped tensors along a new batch dimension and keeps
+variable-length ones (``classes``) as lists.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from instembed.data.sample import Sample
+from instembed.data.transforms import frame, relabel
+
+log = logging.getLogger(__name__)
+
+
+def _targets_module():
+    try:
+        from instembed.losses import targets
+    except ModuleNotFoundError as err:
+        if err.name in ("instembed.losses", "instembed.losses.targets"):
+            raise RuntimeError(
+                "training targets were requested but instembed.losses.targets is not available "
+                f"({err}); it provides build_targets(name, labels, **kw)"
+            ) from err
+        raise
+    return targets
+
+
+class InstanceDataset(torch.utils.data.Dataset):
+    """A torch Dataset of instance-segmentation items built from Samples.
+
+    Args:
+        samples: a sequence of :class:`Sample` (a list, a reader from
+            :func:`~instembed.data.readers.open_dataset`, ...), read lazily by index.
+        transform: a callable ``(sample, rng) -> Sample`` (e.g.
+            :class:`~instembed.data.transforms.Compose`), or ``None``.
+        targets: names of method-specific targets (``"center_offset"``, ...) built by
+            ``instembed.losses.targets.build_targets``; a mapping ``{name: kwargs}`` passes
+            options.
+        seed: with a seed, item ``i`` in epoch ``e`` (see :meth:`set_epoch`) is augmented with
+            ``numpy.random.default_rng([seed, e, i])``; without one, the generator is seeded from
+            torch's global RNG (distinct per DataLoader worker and reproducible under
+            ``torch.manual_seed``).
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        transform: Callable | None = None,
+        targets: Sequence[str] | Mapping[str, dict] = (),
+        seed: int | None = None,
+    ) -> None:
+        if not hasattr(samples, "__getitem__") or not hasattr(samples, "__len__"):
+            raise TypeError(
+                f"samples must be a sequence of Samples or a reader, got {type(samples).__name__}"
+            )
+        self.samples = samples
+        self.transform = transform
+        self.targets = dict(targets) if isinstance(targets, Mapping) else {t: {} for t in targets}
+        self.seed = seed
+        self.epoch = 0
+        if self.targets:
+            _targets_module()  # fail now, not in a worker
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _rng(self, index: int) -> np.random.Generator:
+        if self.seed is not None:
+            return np.random.default_rng([int(self.seed), self.epoch, int(index)])
+        return np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        sample = self.samples[index]
+        if not isinstance(sample, Sample):
+            raise TypeError(f"item {index} is a {type(sample).__name__}, expected a Sample")
+        if self.transform is not None:
+            sample = self.transform(sample, self._rng(index))
+        return sample_to_item(sample, index, self.targets)
+
+
+def sample_to_item(
+    sample: Sample, index: int = 0, targets: Mapping[str, dict] | None = None
+) -> dict[str, torch.Tensor]:
+    """One Sample -> the item dict described in the module docstring."""
+    sample = relabel(sample)
+    h, w = sample.shape
+    ignore = np.zeros((h, w), bool) if sample.ignore is None else sample.ignore.astype(bool)
+    if sample.is_stack:
+        cover = sample.instances.sum(0)
+        labels = sample.label_image().astype(np.int64)
+        overlap = cover > 1
+        labels[overlap] = 0
+        ignore = ignore | overlap
+    else:
+        labels = sample.instances.astype(np.int64)
+    (y0, x0), _ = frame(sample)
+    item: dict[str, torch.Tensor] = {
+        "image": torch.from_numpy(np.ascontiguousarray(sample.image, np.float32)),
+        "labels": torch.from_numpy(np.ascontiguousarray(labels)),
+        "ignore": torch.from_numpy(np.ascontiguousarray(ignore)),
+        "coords_origin": torch.tensor([y0, x0], dtype=torch.int64),
+        "index": torch.tensor(int(index), dtype=torch.int64),
+    }
+    if sample.semantic is not None:
+        item["semantic"] = torch.from_numpy(np.ascontiguousarray(sample.semantic, np.int64))
+    if sample.classes is not None:
+        item["classes"] = torch.as_tensor(np.asarray(sample.classes, np.int64))
+    if targets:
+        build = _targets_module().build_targets
+        for name, kw in targets.items():
+            extra = build(name, item["labels"], **kw)
+            clash = set(extra) & set(item)
+            if clash:
+                raise ValueError(
+                    f"target {name!r} returned keys {sorted(clash)} already in the item"
+                )
+            item.update(extra)
+    return item
+
+
+def collate(items: Sequence[Mapping[str, torch.Tensor]]) -> dict:
+    """Stack a list of item dicts into a batch dict.
+
+    Tensors are stacked along a new dim 0 (differing shapes are an error naming the key), except
+    ``classes``, which stays a list of (N_b,) tensors. Non-tensor values become lists.
+    """
+    if not items:
+        raise ValueError("collate: got an empty list of items")
+    keys = list(items[0])
+    for i, it in enumerate(items[1:], start=1):
+        if set(it) != set(keys):
+            raise ValueError(
+                f"collate: item {i} has keys {sorted(it)}, item 0 has {sorted(keys)} (mixed "
+                "samples with and without semantic/classes in one batch?)"
+            )
+    batch: dict = {}
+    for k in keys:
+        vals = [it[k] for it in items]
+        if not all(isinstance(v, torch.Tensor) for v in vals):
+            batch[k] = vals
+            continue
+        shapes = {tuple(v.shape) for v in vals}
+        if k == "classes":  # variable length: always a list of (N_b,) tensors
+            batch[k] = vals
+        elif len(shapes) == 1:
+            batch[k] = torch.stack(vals)
+        else:
+            raise ValueError(
+                f"collate: {k!r} has different shapes in one batch: {sorted(shapes)}; images in a "
+                "batch must share a size (add a RandomCrop(size) transform or use batch size 1)"
+            )
+    return batch
