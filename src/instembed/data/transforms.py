@@ -306,7 +306,7 @@ class ElasticDeform:
     """Smooth random displacement field (Simard et al. 2003), applied with probability ``p``.
 
     Displacements are white noise smoothed by a Gaussian of ``sigma`` px and scaled so that
-    their largest magnitude is ``alpha`` px. Image: linear interpolation; labels: nearest.
+    their largest component (over both axes and all pixels) is ``alpha`` px. Image: linear interpolation; labels: nearest.
     Pixels pulled from outside the image get 0 (semantic: ``IGNORE_INDEX``, ignore: True).
     """
 
