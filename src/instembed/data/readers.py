@@ -79,14 +79,15 @@ class Reader(Sequence):
         self.channels = channels
         self.skip_bad = skip_bad
         self.bad: list[tuple[str, str]] = []
-        self.items: list[Item] = self._index()
-        self._report([])  # index-time problems collected in self._problems
-        if not self.items:
+        self.items: list[Item] = self._index()  # index-time problems go to self._problems
+        if not self.items and not self.__dict__.get("_problems"):
             raise ValueError(
                 f"{self.root}: no images found for format {self.format!r}; expected {self.layout}"
             )
         if validate != "none":
             self._validate(full=validate == "full")
+        else:
+            self._report([])
 
     # --- subclass API -----------------------------------------------------------------------
     def _index(self) -> list[Item]:
@@ -1032,9 +1033,7 @@ def detect_format(path: str | os.PathLike) -> tuple[str, str]:
         if base == p
         else sorted(d for d in base.iterdir() if d.is_dir())
     )
-    if dsb and all(
-        (d / "masks").is_dir() and any((d / "images").glob(d.name + ".*")) for d in dsb[:5]
-    ):
+    if dsb and 2 * sum(any((d / "images").glob(d.name + ".*")) for d in dsb[:6]) > len(dsb[:6]):
         return "dsb2018", "<id>/images/<id>.png + <id>/masks/ folders"
     ann = p / "annotations"
     jsons = sorted(ann.glob("*.json")) if ann.is_dir() else sorted(p.glob("*.json"))
