@@ -62,7 +62,8 @@ class ImageStats:
     dsb: np.ndarray | None = None  # (T, 3) TP, FP, FN
     pq: dict[int, np.ndarray] | None = None  # class -> [TP, FP, FN, sum IoU]
     stuff_iou: dict[int, np.ndarray] = field(default_factory=dict)  # class -> [inter, union]
-    confusion: np.ndarray | None = None  # (K, K+1)
+    confusion: tuple[np.ndarray, np.ndarray] | None = None  # non-zero cells of the (K, K+1)
+    # confusion matrix: (flat index, count)
 
 
 def _void_mask(shape, ignore, gt_semantic, ignore_index) -> np.ndarray | None:
@@ -207,9 +208,11 @@ class InstanceEvaluator:
         if "miou" in self.metrics and gt_semantic is not None and pred_semantic is not None:
             if self.num_classes is None:
                 raise ValueError("mIoU needs num_classes (InstanceEvaluator(num_classes=K))")
-            stats.confusion = confusion_matrix(
+            cm = confusion_matrix(
                 gt_semantic, pred_semantic, self.num_classes, self.ignore_index
-            )
+            ).ravel()
+            nz = np.flatnonzero(cm)
+            stats.confusion = (nz, cm[nz])
         self.images.append(stats)
         return stats
 
@@ -368,7 +371,11 @@ class InstanceEvaluator:
         if "miou" in self.metrics:
             cms = [i.confusion for i in images if i.confusion is not None]
             if cms:
-                res = miou_from_confusion(np.sum(cms, axis=0))
+                k = self.num_classes
+                cm = np.zeros(k * (k + 1), np.int64)
+                for idx, cnt in cms:
+                    np.add.at(cm, idx, cnt)
+                res = miou_from_confusion(cm.reshape(k, k + 1))
                 out["mIoU"] = res["mIoU"]
                 per_class["IoU"] = res["per_class"]
         if per_class:
