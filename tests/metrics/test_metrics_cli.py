@@ -141,3 +141,31 @@ def test_metric_selection(folders, tmp_path):
     assert "SBD" in res and "AP_dsb@0.5" in res
     assert "AP" not in res and "PQ" not in res
     assert main(args + ["--metrics", "nope"]) == 2
+
+
+def test_gt_through_a_data_reader_with_classes(tmp_path):
+    # --gt-format folder: images/ + labels/ + classes.json (the data readers' generic layout)
+    root, pred_dir = tmp_path / "ds", tmp_path / "pred"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    pred_dir.mkdir()
+    gt = np.zeros((8, 8), np.uint16)
+    gt[:3, :3], gt[5:, 5:] = 1, 2
+    write_png(root / "images" / "s.png", (gt * 50).astype(np.uint8))
+    write_png(root / "labels" / "s.png", gt)
+    (root / "classes.json").write_text(json.dumps({"s": [1, 2]}))
+    write_png(pred_dir / "s.png", gt)
+    # right masks, but object 2 predicted as class 1: per class, class 1 has TP 1 + FP 1,
+    # class 2 has FN 1 -> PQ_1 = 1/(1 + .5) = 2/3, PQ_2 = 0 -> PQ = 1/3
+    (pred_dir / "s.json").write_text(
+        json.dumps({"instances": [{"id": 1, "class": 1}, {"id": 2, "class": 1}]})
+    )
+    out = tmp_path / "m.json"
+    args = ["evaluate", "--gt", str(root), "--pred", str(pred_dir), "--gt-format", "folder"]
+    assert main(args + ["--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["PQ"] == pytest.approx(1 / 3)
+    # SBD is class-agnostic (CVPPP): unaffected; AP_dsb matches within a class when classes
+    # are given: TP 1, FP 1, FN 1 -> 1/3
+    assert res["SBD"] == 1.0
+    assert res["AP_dsb@0.5"] == pytest.approx(1 / 3)
