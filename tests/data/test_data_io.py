@@ -146,3 +146,15 @@ def test_truncated_and_empty_files_are_caught_by_probe(tmp_path):
     (tmp_path / "empty.png").write_bytes(b"")
     with pytest.raises(io.ImageReadError, match="empty"):
         io.probe(tmp_path / "empty.png")
+
+
+def test_fast_integer_percentiles_equal_numpy():
+    # the histogram path for uint8/uint16 against numpy.percentile (the reference) on floats
+    rng = np.random.default_rng(1)
+    for dtype, top in ((np.uint8, 256), (np.uint16, 4096), (np.uint16, 65536)):
+        for shape in ((1, 31, 17), (3, 8, 9), (1, 1, 1)):
+            x = rng.integers(0, top, shape).astype(dtype)
+            xf = x.astype(np.float32)
+            lo, hi = np.percentile(xf, [1, 99.8], axis=(1, 2), keepdims=True)
+            ref = (xf - lo) / np.maximum(hi - lo, 1e-6)
+            assert np.allclose(io.percentile_normalize(x), ref, atol=1e-6)

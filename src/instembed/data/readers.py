@@ -175,6 +175,16 @@ class Reader(Sequence):
         return io.load_image(path, self.normalize, self.channels)
 
 
+def _binary_mask(path: Path) -> np.ndarray:
+    """(H, W) bool of a one-instance mask file (any non-zero pixel is inside)."""
+    raw = io.read_image(path)
+    if raw.ndim == 3:
+        raw = raw[..., :3].max(-1) if raw.shape[-1] in (3, 4) else raw
+    if raw.ndim != 2:
+        raise ValueError(f"{path}: a mask must be a 2-D image, got shape {raw.shape}")
+    return raw > 0
+
+
 def _find_dir(root: Path, names: Sequence[str]) -> Path | None:
     for n in names:
         if (root / n).is_dir():
@@ -391,9 +401,7 @@ class BBBC010Reader(Reader):
 
     def _load(self, item: Item) -> Sample:
         image, dtype = self._image(item.image)
-        masks = np.stack(
-            [io.decode_labels(io.read_image(p), "binary", p)[0] > 0 for p in item.labels]
-        )
+        masks = np.stack([_binary_mask(p) for p in item.labels])
         return Sample(
             image=image,
             instances=masks,
@@ -453,16 +461,20 @@ class DSB2018Reader(Reader):
 
     def _load(self, item: Item) -> Sample:
         image, dtype = self._image(item.image)
-        masks = np.stack(
-            [io.decode_labels(io.read_image(p), "binary", p)[0] > 0 for p in item.labels]
-        )
         meta = {"image_dtype": dtype, "label_encoding": "masks"}
         if self.as_stack:
+            masks = np.stack([_binary_mask(p) for p in item.labels])
             return Sample(image, masks, semantic=masks.any(0).astype(np.int64), meta=meta)
-        labels = np.zeros(masks.shape[1:], np.int32)
-        for k, m in enumerate(masks, start=1):
+        # one mask at a time: a 1024 x 1024 image with 375 nuclei would need 390 MB as a stack
+        labels = np.zeros(image.shape[-2:], np.int32)
+        cover = np.zeros(image.shape[-2:], np.uint8)
+        for k, p in enumerate(item.labels, start=1):
+            m = _binary_mask(p)
+            if m.shape != labels.shape:
+                raise ValueError(f"{p}: mask size {m.shape} differs from image size {labels.shape}")
             labels[m] = k
-        overlap = masks.sum(0) > 1
+            cover += m
+        overlap = cover > 1
         meta["overlap_pixels"] = int(overlap.sum())
         return Sample(
             image,
