@@ -138,9 +138,10 @@ def test_matches_loop_reference(background, norm):
 def test_gradcheck_float64(background):
     emb, labels = random_case(seed=5, b=2, e=2, h=3, w=4, n=3)
     emb.requires_grad_(True)
-    fn = lambda e: discriminative_loss(e, labels, delta_v=0.2, delta_d=1.0, background=background)[
-        0
-    ]  # noqa: E731
+
+    def fn(e):
+        return discriminative_loss(e, labels, delta_v=0.2, delta_d=1.0, background=background)[0]
+
     assert torch.autograd.gradcheck(fn, (emb,))
 
 

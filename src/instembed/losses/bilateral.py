@@ -91,6 +91,8 @@ def bilateral_loss(
         bce = -(m * log_k + (1 - m) * log_1mk).mean(1)
         per_image.append(bce.mean())
     total = torch.stack(per_image).mean() + 0.0 * embedding.sum()
+    if isinstance(sigma, torch.Tensor) and sigma.requires_grad:  # keep sigma in the graph
+        total = total + 0.0 * sigma.sum()
     return total, {"bce": total}
 
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
+
 from torch import nn
 
-from instembed.losses.bilateral import BilateralLoss
-from instembed.losses.center_offset import CenterOffsetLoss
-from instembed.losses.discriminative import DiscriminativeLoss
-from instembed.losses.metric import MetricLoss
-from instembed.losses.semantic import SemanticCE
-from instembed.losses.semiconv_loss import SemiconvLoss
-from instembed.losses.spatial import SpatialEmbeddingLoss
+from instembed.losses.bilateral import BilateralLoss, bilateral_loss
+from instembed.losses.center_offset import CenterOffsetLoss, center_offset_loss
+from instembed.losses.discriminative import DiscriminativeLoss, discriminative_loss
+from instembed.losses.metric import MetricLoss, metric_loss
+from instembed.losses.semantic import SemanticCE, semantic_ce
+from instembed.losses.semiconv_loss import SemiconvLoss, semiconv_loss
+from instembed.losses.spatial import SpatialEmbeddingLoss, spatial_embedding_loss
 
 LOSSES: dict[str, type[nn.Module]] = {
     "discriminative": DiscriminativeLoss,
@@ -22,6 +24,45 @@ LOSSES: dict[str, type[nn.Module]] = {
     "semantic_ce": SemanticCE,
 }
 
+FUNCTIONS = {
+    "discriminative": discriminative_loss,
+    "semiconv": semiconv_loss,
+    "metric": metric_loss,
+    "bilateral": bilateral_loss,
+    "spatial": spatial_embedding_loss,
+    "center_offset": center_offset_loss,
+    "semantic_ce": semantic_ce,
+}
+# keyword arguments the modules fill from ``outputs`` / ``batch`` themselves
+_FILLED = {
+    "ignore",
+    "semantic",
+    "seed",
+    "sigma",
+    "coords_origin",
+    "generator",
+    "semantic_target",
+    "center_weights",
+    "offset_weights",
+    "semantic_weights",
+    "pixel_weights",
+}
+
+
+def loss_options(name: str) -> list[str]:
+    """The keyword options ``build_loss(name, ...)`` accepts."""
+    fn = FUNCTIONS[name]
+    kw = [
+        p.name
+        for p in inspect.signature(fn).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in _FILLED
+    ]
+    extra = inspect.signature(LOSSES[name].__init__).parameters
+    kw += [p for p in extra if p not in ("self", "params")]
+    if name == "discriminative":
+        kw.append("per_class")
+    return sorted(set(kw))
+
 
 def build_loss(name: str, **params) -> nn.Module:
     """Loss module by name; ``forward(outputs, batch) -> (total, terms)``.
@@ -31,6 +72,11 @@ def build_loss(name: str, **params) -> nn.Module:
     key = str(name).lower()
     if key not in LOSSES:
         raise ValueError(f"unknown loss name {name!r}; valid names: {sorted(LOSSES)}")
+    bad = set(params) - set(loss_options(key))
+    if bad:
+        raise TypeError(
+            f"unknown options {sorted(bad)} for loss {key!r}; valid: {loss_options(key)}"
+        )
     try:
         return LOSSES[key](**params)
     except TypeError as e:
