@@ -84,7 +84,8 @@ def bilateral_loss(
             continue
         v = valid[i]
         ev = flat_e[i][:, v].T  # (Pv, E)
-        d = torch.linalg.vector_norm(ev.unsqueeze(0) - psi_k[k_idx].unsqueeze(1), dim=-1)
+        # (K, Pv) distances without a (K, Pv, E) intermediate; exact (no matrix-product trick)
+        d = torch.cdist(psi_k[k_idx], ev, compute_mode="donot_use_mm_for_euclid_dist")
         log_k = -d / sig_k[k_idx].unsqueeze(1)  # (K, Pv)
         log_1mk = torch.log((-torch.expm1(log_k)).clamp(min=eps))
         m = (flat_l[i][v].unsqueeze(0) == segs.seg_label[k_idx].unsqueeze(1)).to(x.dtype)

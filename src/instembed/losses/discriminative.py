@@ -17,7 +17,8 @@ another when delta_d > 2 delta_v.
 Background policy (``background``):
 
 * ``"ignore"`` (default): label-0 pixels are not used.
-* ``"cluster"``: the label-0 pixels of an image form one more cluster, in all three terms.
+* ``"cluster"``: the label-0 pixels of an image form one more cluster, in all three terms
+  (not available in per-class mode).
 * ``"push"``: background pixels are pushed at least 2 delta_d from every instance mean, an extra
   term ``L_bg = 1/C sum_c 1/N_bg sum_{i in bg} [2 delta_d - ||mu_c - x_i||]_+^2`` weighted by
   ``beta`` (reported as ``terms["bg"]``).
@@ -96,6 +97,11 @@ def discriminative_loss(
     _check_norm(norm)
     if background not in BACKGROUND_POLICIES:
         raise ValueError(f"background must be one of {BACKGROUND_POLICIES}, got {background!r}")
+    if per_class and background == "cluster":
+        raise ValueError(
+            "background='cluster' is not defined in per-class mode (which class would the "
+            "background cluster belong to?); use background='ignore' or 'push'"
+        )
     if per_class and semantic is None:
         raise ValueError("per_class=True needs the semantic (B, H, W) class map")
     if embedding.ndim == 5 and not per_class:
@@ -153,7 +159,12 @@ def _background_push(embedding, labels, ignore, segs, mu, delta_d, norm, x):
         if emb.ndim == 4:  # per-class: the group's class slice
             emb = emb[int(segs.group_class[gi])]
         xb = emb.reshape(emb.shape[0], -1)[:, pix].T  # (N_bg, E)
-        dist = torch.cdist(xb.unsqueeze(0), mu[in_g].unsqueeze(0), p=float(norm))[0]
+        dist = torch.cdist(
+            xb.unsqueeze(0),
+            mu[in_g].unsqueeze(0),
+            p=float(norm),
+            compute_mode="donot_use_mm_for_euclid_dist",
+        )[0]
         per_group.append((torch.relu(2 * delta_d - dist) ** 2).mean())
     if not per_group:
         return x.new_zeros(()) if x.numel() else embedding.new_zeros(())

@@ -92,16 +92,13 @@ class EmbeddingNet(nn.Module):
         self.coord_scale = float(coord_scale)
         self.coordconv = bool(coordconv)
         if self.semiconv:
-            for name in ("embedding", "class_embedding"):
-                if (
-                    name in self.heads
-                    and (self.class_shape or (0, 2))[1] < 2
-                    and name != "embedding"
-                ):
-                    raise ValueError("semiconv needs class_embedding dims E >= 2")
             if self.heads.get("embedding", 2) < 2:
                 raise ValueError(
                     f"semiconv needs embedding dims >= 2, got {self.heads['embedding']}"
+                )
+            if self.class_shape is not None and self.class_shape[1] < 2:
+                raise ValueError(
+                    f"semiconv needs class_embedding dims E >= 2, got (K, E) = {self.class_shape}"
                 )
         self.groups = self._resolve_groups(head_groups)
         self.backbone = backbone
