@@ -219,3 +219,24 @@ def test_missing_targets_module_or_bad_semantic_padding_is_clear():
     except ModuleNotFoundError:
         with pytest.raises(RuntimeError, match="build_targets"):
             InstanceDataset([s], targets=("center_offset",))
+
+
+def test_separable_resize_equals_scipy_map_coordinates():
+    from scipy import ndimage as ndi
+
+    a = np.random.default_rng(0).random((2, 30, 40)).astype(np.float32)
+    for nh, nw in ((45, 24), (12, 80)):
+        ys = (np.arange(nh) + 0.5) * 30 / nh - 0.5
+        xs = (np.arange(nw) + 0.5) * 40 / nw - 0.5
+        grid = np.meshgrid(ys, xs, indexing="ij")
+        ref = np.stack([ndi.map_coordinates(c, grid, order=1, mode="nearest") for c in a])
+        assert np.allclose(T._linear_resample(a, ys, xs), ref, atol=1e-5)
+
+
+def test_dataset_adds_the_requested_targets():
+    targets = pytest.importorskip("instembed.losses.targets")
+    s = make_samples("touching_cells", 1, size=(32, 32), seed=0)[0]
+    item = InstanceDataset([s], targets=("center_offset",))[0]
+    ref = targets.build_targets("center_offset", item["labels"])
+    for k, v in ref.items():
+        assert torch.equal(item[k], v)

@@ -291,15 +291,30 @@ def rescale(sample: Sample, factor: float) -> Sample:
             iy = np.clip(np.floor(ys + 0.5).astype(int), 0, H - 1)
             ix = np.clip(np.floor(xs + 0.5).astype(int), 0, W - 1)
             return a[..., iy[:, None], ix[None, :]]
-        grid = np.meshgrid(ys, xs, indexing="ij")
-        flat = a.reshape(-1, H, W)
-        out = np.stack([ndi.map_coordinates(c, grid, order=1, mode="nearest") for c in flat])
-        return out.reshape(*a.shape[:-2], nh, nw).astype(a.dtype)
+        return _linear_resample(a, ys, xs).astype(a.dtype)
 
     (y0, x0), (hf, wf) = frame(sample)
     sy, sx = nh / H, nw / W
     meta = _with_frame(sample, (round(y0 * sy), round(x0 * sx)), (round(hf * sy), round(wf * sx)))
     return _map_spatial(sample, resample, meta)
+
+
+def _linear_resample(a: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """Separable linear interpolation of ``a (..., H, W)`` at rows ``ys`` and columns ``xs``
+    (positions clamped to the image, as ``map_coordinates(order=1, mode="nearest")``)."""
+    H, W = a.shape[-2:]
+
+    def weights(pos, n):
+        pos = np.clip(pos, 0, n - 1)
+        i0 = np.floor(pos).astype(int)
+        i1 = np.minimum(i0 + 1, n - 1)
+        return i0, i1, (pos - i0).astype(np.float32)
+
+    y0, y1, wy = weights(ys, H)
+    x0, x1, wx = weights(xs, W)
+    a = a.astype(np.float32, copy=False)
+    rows = a[..., y0, :] * (1 - wy)[:, None] + a[..., y1, :] * wy[:, None]
+    return rows[..., x0] * (1 - wx) + rows[..., x1] * wx
 
 
 class ElasticDeform:
