@@ -386,8 +386,8 @@ def _make_worms(
 
     Worm ``k`` is every pixel within ``width`` (a radius, px) of a smooth random centre line of
     ``length * min(H, W)`` px. Worm 1 always crosses worm 0 (its centre line passes through a
-    point of worm 0), each later worm does so with probability ``cross``: overlaps are part of
-    this kind. The image is bright-field-like: background 0.85, each worm multiplies the light by
+    point of worm 0 at 45-135 degrees to it), each later worm crosses an earlier one with
+    probability ``cross``: overlaps are part of this kind. The image is bright-field-like: background 0.85, each worm multiplies the light by
     its own transmission in [0.35, 0.6], so crossings are darker. Every worm stays inside the
     image (curves leaving it are redrawn), so each mask is one connected tube.
     """
@@ -402,10 +402,17 @@ def _make_worms(
             L = rng.uniform(l_lo, l_hi) * min(h, w)
             if k >= 1 and (k == 1 or rng.random() < cross):
                 prev = paths[int(rng.integers(0, k))]
-                through = prev[int(rng.integers(len(prev) // 4, 3 * len(prev) // 4 + 1))]
+                j = int(rng.integers(len(prev) // 4, 3 * len(prev) // 4 + 1))
+                through = prev[j]
+                # cross at 45-135 degrees to the other worm, not along it
+                t = prev[min(j + 1, len(prev) - 1)] - prev[max(j - 1, 0)]
+                heading = np.arctan2(t[0], t[1]) + rng.choice([-1, 1]) * rng.uniform(
+                    np.pi / 4, 3 * np.pi / 4
+                )
             else:
                 through = rng.uniform([0.2 * h, 0.2 * w], [0.8 * h, 0.8 * w])
-            path = _worm_path(rng, L, curvature, through, rng.uniform(0, 2 * np.pi))
+                heading = rng.uniform(0, 2 * np.pi)
+            path = _worm_path(rng, L, curvature, through, heading)
             m = rad + 1.0
             if (path.min(0) >= m).all() and (path.max(0) <= np.array([h - 1, w - 1]) - m).all():
                 break
