@@ -214,7 +214,7 @@ def _place_points(
     tries = 0
     while len(pts) < n:
         tries += 1
-        if tries > 2000 * max(n, 1):
+        if tries > 300 * max(n, 1):
             raise ValueError(
                 f"could not place {n} objects at least {min_dist:.1f} px apart in a {h}x{w} "
                 "image; ask for fewer objects, smaller ones, or a larger size"
