@@ -20,6 +20,9 @@ The weights the paper leaves open follow the authors' released training code: w_
 w_smooth = 10, w_seed = 1, w_fg = 1 (10 in their Cityscapes car setting). ``outputs.sigma`` is
 sigma itself (> 0, in embedding units). Batch reduction: mean over images; an image without
 instances contributes its seed term only (push the seed map to 0).
+
+:class:`SpatialEmbeddingLoss` uses ``outputs.embedding``; a model with an ``offset`` head and no
+embedding gets ``e = (u + offset) * coord_scale`` (u, offset in pixels) instead.
 """
 
 from __future__ import annotations
@@ -124,11 +127,26 @@ class SpatialEmbeddingLoss(nn.Module):
         self.params = params
 
     def forward(self, outputs, batch: dict):
-        for name in ("embedding", "sigma", "seed"):
+        emb = outputs.embedding
+        if emb is None and outputs.offset is not None:  # e = (u + offset in pixels) * scale
+            scale = self.params.get("coord_scale", DEFAULT_COORD_SCALE)
+            off = outputs.offset
+            u = pixel_coordinates(
+                off.shape[0],
+                tuple(off.shape[-2:]),
+                batch.get("coords_origin"),
+                1.0,
+                off.device,
+                off.dtype,
+            )
+            emb = (u + off) * scale
+        if emb is None:
+            raise ValueError("spatial loss needs outputs.embedding (semiconv) or outputs.offset")
+        for name in ("sigma", "seed"):
             if getattr(outputs, name) is None:
                 raise ValueError(f"spatial loss needs outputs.{name} (add a '{name}' head)")
         return spatial_embedding_loss(
-            outputs.embedding,
+            emb,
             outputs.sigma,
             outputs.seed,
             batch["labels"],
