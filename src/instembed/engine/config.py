@@ -59,6 +59,7 @@ class DataConfig:
     crop: list[int] | None = None  # random crop (H, W) for training; None = whole image
     flip: bool = True
     rot90: bool = True
+    augment: list[Any] = field(default_factory=list)  # more transforms (data.transforms specs)
     targets: list[str] = field(default_factory=list)  # method targets (losses.targets names)
     batch_size: int = 4
     num_workers: int = 0
