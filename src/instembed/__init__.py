@@ -1,4 +1,4 @@
-"""instembed: instance segmentation by pixel embeddings.
+r"""instembed: instance segmentation by pixel embeddings.
 
 The pipeline, one sub-package per stage::
 
