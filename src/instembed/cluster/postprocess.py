@@ -1,0 +1,129 @@
+"""Post-processing of label images: minimum size, hole filling, sequential relabelling, scores.
+
+Label images are (H, W) int64 tensors, 0 = background, positive ids = instances.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+SCORE_MODES = ("seed", "foreground", "product", "constant")
+
+
+def relabel_sequential(labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Renumber the instances 1..N in increasing order of their old ids.
+
+    Args:
+        labels: (H, W) int, 0 = background.
+
+    Returns:
+        new labels (H, W) int64 and old_ids (N,) (old id of new id i+1).
+    """
+    ids, inverse = torch.unique(labels, return_inverse=True)
+    if ids.numel() > 0 and int(ids[0].item()) < 0:
+        raise ValueError(f"labels must be >= 0 (0 = background), found {int(ids[0].item())}")
+    has_bg = ids.numel() > 0 and int(ids[0].item()) == 0
+    new = inverse.reshape(labels.shape) + (0 if has_bg else 1)
+    old_ids = ids[1:] if has_bg else ids
+    return new.to(torch.long), old_ids.to(torch.long)
+
+
+def remove_small_instances(labels: Tensor, min_size: int) -> Tensor:
+    """Set instances with fewer than ``min_size`` pixels to background (ids are kept).
+
+    Args:
+        labels: (H, W) int, 0 = background.
+    """
+    if min_size <= 1 or labels.numel() == 0:
+        return labels
+    counts = torch.bincount(labels.reshape(-1), minlength=1)
+    small = counts < min_size
+    small[0] = False
+    return torch.where(small[labels], torch.zeros_like(labels), labels)
+
+
+def fill_holes(labels: Tensor) -> Tensor:
+    """Fill background regions enclosed by a single instance with that instance.
+
+    A hole is a 4-connected background component that does not touch the image border and whose
+    4-neighbours all belong to one instance.
+
+    Args:
+        labels: (H, W) int, 0 = background.
+    """
+    from scipy import ndimage
+
+    lab = labels.detach().cpu().numpy()
+    bg, n = ndimage.label(lab == 0)
+    if n == 0:
+        return labels
+    touching = np.zeros(n + 1, dtype=bool)
+    touching[np.unique(np.concatenate([bg[0], bg[-1], bg[:, 0], bg[:, -1]]))] = True
+    # (background component, neighbouring instance) pairs along the 4 directions
+    pairs = []
+    for a, b in (
+        (bg[1:], lab[:-1]),
+        (bg[:-1], lab[1:]),
+        (bg[:, 1:], lab[:, :-1]),
+        (bg[:, :-1], lab[:, 1:]),
+    ):
+        sel = (a > 0) & (b > 0)
+        pairs.append(np.stack([a[sel], b[sel]], 1))
+    pairs = np.unique(np.concatenate(pairs), axis=0)
+    if pairs.shape[0] == 0:
+        return labels
+    n_neigh = np.bincount(pairs[:, 0], minlength=n + 1)
+    fill = np.zeros(n + 1, dtype=lab.dtype)
+    fill[pairs[:, 0]] = pairs[:, 1]
+    ok = (n_neigh == 1) & ~touching
+    ok[0] = False
+    fill[~ok] = 0
+    out = np.where(bg > 0, fill[bg], lab)
+    return torch.as_tensor(out, dtype=labels.dtype, device=labels.device)
+
+
+def instance_scores(
+    labels: Tensor,
+    n: int,
+    *,
+    mode: str = "seed",
+    seed_scores: Tensor | None = None,
+    foreground_prob: Tensor | None = None,
+) -> Tensor:
+    """One score per instance, used to rank detections (COCO AP).
+
+    Modes: ``"seed"`` the seed confidence of the instance (``seed_scores``), ``"foreground"`` the
+    mean foreground probability over its pixels, ``"product"`` their product, ``"constant"`` 1.
+    A mode whose input is missing falls back to the other input, then to 1.
+
+    Args:
+        labels: (H, W) int64, ids 1..n.
+        n: number of instances.
+        seed_scores: (n,) or None.
+        foreground_prob: (H, W) in [0, 1] or None.
+
+    Returns:
+        (n,) float32.
+    """
+    if mode not in SCORE_MODES:
+        raise ValueError(f"score mode must be one of {SCORE_MODES}, got {mode!r}")
+    ones = torch.ones(n, dtype=torch.float32, device=labels.device)
+    fg_mean = None
+    if foreground_prob is not None and mode in ("foreground", "product", "seed"):
+        flat = labels.reshape(-1)
+        sums = torch.zeros(n + 1, dtype=torch.float64, device=labels.device)
+        sums.index_add_(0, flat, foreground_prob.reshape(-1).to(torch.float64))
+        counts = torch.bincount(flat, minlength=n + 1).clamp(min=1)
+        fg_mean = (sums / counts)[1 : n + 1].to(torch.float32)
+    seed = None if seed_scores is None else seed_scores.to(torch.float32).reshape(-1)[:n]
+    if mode == "constant":
+        return ones
+    if mode == "seed":
+        return seed if seed is not None else (fg_mean if fg_mean is not None else ones)
+    if mode == "foreground":
+        return fg_mean if fg_mean is not None else (seed if seed is not None else ones)
+    a = seed if seed is not None else ones
+    b = fg_mean if fg_mean is not None else ones
+    return a * b

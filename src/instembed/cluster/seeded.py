@@ -1,0 +1,170 @@
+"""Seeded clustering with a learned bandwidth (Neven et al. 2019, "Instance segmentation by
+jointly optimizing spatial embeddings and clustering bandwidth"; Novotny et al. 2018,
+"Semi-convolutional operators for instance segmentation", Laplacian kernel variant).
+
+The network predicts per pixel an embedding e, a seed (seediness) score and a bandwidth sigma.
+Seeds are visited in descending seed score among foreground pixels that are not clustered yet:
+
+* stop when the best remaining seed score is below ``seed_thresh`` or when at most ``min_size``
+  foreground pixels remain unclustered;
+* the seed s proposes the pixels where its kernel exceeds ``prob_thresh``:
+  Gaussian ``exp(-q2)`` (Neven) or Laplacian ``exp(-sqrt(q2))`` (Novotny), with
+  ``q2 = sum_j scale_sj (e_j - e_sj)^2`` and the scale from the seed's own sigma;
+* the proposal becomes an instance when it has more than ``min_size`` pixels and more than
+  ``new_fraction`` of them are still unclustered ("mostly new pixels"); either way its pixels
+  (and the seed) leave the pool of unclustered pixels;
+* the instance's score is its seed score.
+
+``sigma_mode`` says how the sigma map turns into the scale of q2: ``"neven"`` scale = exp(10 sigma)
+(SpatialEmbeddings' and EmbedSeg's parameterisation of the raw head output), ``"std"`` sigma is a
+standard deviation (Gaussian: scale = 1 / (2 sigma^2); Laplacian: scale = 1 / sigma^2, i.e.
+``exp(-|e - e_s| / sigma)`` as in Novotny's steered bilateral kernel), ``"scale"`` the map already
+is the scale. sigma has 1 channel (isotropic) or one per embedding dimension.
+
+Pixels covered by several instances go to the one with the highest kernel value (the nearest in
+its scaled metric); SpatialEmbeddings lets the later instance overwrite the earlier one instead.
+
+For speed the seed loop runs on a grid sample of at most ``max_points`` foreground pixels (pixel
+counts are estimated as sample counts times step^2; exact when the foreground is smaller than
+``max_points``), then every foreground pixel is assigned in one pass
+(:func:`instembed.cluster.assign.assign_pixels`). Compiles with ``torch.jit.script``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from instembed.cluster.assign import assign_pixels
+from instembed.cluster.sampling import grid_sample, grid_step
+
+
+def sigma_to_scale(sigma: Tensor, sigma_mode: str = "neven", kernel: str = "gaussian") -> Tensor:
+    """Scale of the squared distance q2 from a sigma map or vector (see the module docstring).
+
+    Args:
+        sigma: any shape.
+        sigma_mode: "neven", "std" or "scale".
+        kernel: "gaussian" or "laplacian".
+    """
+    if sigma_mode == "neven":
+        return torch.exp(10.0 * sigma)
+    if sigma_mode == "std":
+        s2 = (sigma * sigma).clamp(min=1e-12)
+        if kernel == "gaussian":
+            return 0.5 / s2
+        return 1.0 / s2
+    if sigma_mode == "scale":
+        return sigma
+    raise ValueError(f"sigma_mode must be 'neven', 'std' or 'scale', got '{sigma_mode}'")
+
+
+def kernel_q2_threshold(prob_thresh: float, kernel: str = "gaussian") -> float:
+    """Largest q2 with kernel value above ``prob_thresh`` (Gaussian exp(-q2), Laplacian
+    exp(-sqrt(q2)))."""
+    if not 0.0 < prob_thresh < 1.0:
+        raise ValueError(f"prob_thresh must be in (0, 1), got {prob_thresh}")
+    if kernel == "gaussian":
+        return -math.log(prob_thresh)
+    if kernel == "laplacian":
+        return math.log(prob_thresh) ** 2
+    raise ValueError(f"kernel must be 'gaussian' or 'laplacian', got '{kernel}'")
+
+
+def seeded_cluster(
+    embedding: Tensor,
+    seed: Tensor,
+    sigma: Tensor,
+    foreground: Tensor | None = None,
+    fg_thresh: float = 0.5,
+    seed_thresh: float = 0.9,
+    min_size: int = 128,
+    new_fraction: float = 0.5,
+    prob_thresh: float = 0.5,
+    kernel: str = "gaussian",
+    sigma_mode: str = "neven",
+    max_points: int = 16384,
+    stride: int = 4,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Seeded clustering of one image (see the module docstring).
+
+    Args:
+        embedding: (E, H, W) float.
+        seed: (H, W) or (1, H, W) seed score in [0, 1].
+        sigma: (S, H, W) with S = 1 or E (or (H, W)).
+        foreground: (H, W) bool; None: ``seed > fg_thresh``.
+        fg_thresh: foreground threshold on the seed map when ``foreground`` is None.
+        seed_thresh: lowest seed score that may start an instance.
+        min_size: a proposal needs more than this many pixels; the loop stops when at most this
+            many foreground pixels are unclustered.
+        new_fraction: a proposal needs more than this fraction of unclustered pixels.
+        prob_thresh: kernel threshold of a proposal.
+        kernel: "gaussian" or "laplacian".
+        sigma_mode: "neven", "std" or "scale".
+        max_points: size of the grid sample of the seed loop.
+        stride: grid step of the final assignment (speed only).
+
+    Returns:
+        labels (H, W) int64 (0 = background, 1..K in order of decreasing seed score),
+        scores (K,) seed scores, centers (K, E) seed embeddings.
+    """
+    e, h, w = embedding.shape
+    seed2 = seed.reshape(h, w).to(embedding.dtype)
+    sig = sigma.reshape(-1, h, w).to(embedding.dtype)
+    ns = sig.shape[0]
+    if ns != 1 and ns != e:
+        raise ValueError(f"sigma must have 1 or E = {e} channels, got {ns}")
+    q2_max = kernel_q2_threshold(prob_thresh, kernel)
+    if foreground is None:
+        fg = seed2 > fg_thresh
+    else:
+        if foreground.shape[0] != h or foreground.shape[1] != w:
+            raise ValueError(f"foreground must be ({h}, {w}), got {list(foreground.shape)}")
+        fg = foreground.to(torch.bool)
+    labels = torch.zeros(h, w, dtype=torch.long, device=embedding.device)
+    n_fg = int(fg.sum().item())
+    empty_scores = torch.zeros(0, dtype=embedding.dtype, device=embedding.device)
+    if n_fg == 0:
+        return labels, empty_scores, embedding.new_zeros((0, e))
+    step = grid_step(n_fg, max_points)
+    weight = step * step
+    sample, _ = grid_sample(torch.cat([embedding, sig, seed2.unsqueeze(0)], 0), fg, step)
+    pts = sample[:e]  # (E, M)
+    scale = sigma_to_scale(sample[e : e + ns], sigma_mode, kernel)  # (S, M)
+    score = sample[e + ns]  # (M,)
+    m = pts.shape[1]
+    unclustered = torch.ones(m, dtype=torch.bool, device=embedding.device)
+    n_unclustered = m
+    centers: list[Tensor] = []
+    scales: list[Tensor] = []
+    scores: list[float] = []
+    while n_unclustered * weight > min_size:
+        masked = torch.where(unclustered, score, torch.full_like(score, -1.0))
+        i = int(masked.argmax().item())
+        best = float(masked[i].item())
+        if best < seed_thresh:
+            break
+        c = pts[:, i]
+        s = scale[:, i]
+        diff = pts - c.unsqueeze(1)
+        q2 = (diff * diff * s.unsqueeze(1)).sum(0)
+        proposal = q2 < q2_max
+        unclustered[i] = False
+        n_prop = int(proposal.sum().item())
+        if n_prop * weight > min_size:
+            n_new = int((proposal & unclustered).sum().item())
+            if n_new > new_fraction * n_prop:
+                centers.append(c)
+                scales.append(s)
+                scores.append(best)
+        unclustered &= ~proposal
+        n_unclustered = int(unclustered.sum().item())
+    if len(centers) == 0:
+        return labels, empty_scores, embedding.new_zeros((0, e))
+    cen = torch.stack(centers)  # (K, E)
+    sc = torch.stack(scales)  # (K, S)
+    index, q2 = assign_pixels(embedding, fg, cen, sc, stride)
+    labels = torch.where((index >= 0) & (q2 < q2_max), index + 1, labels)
+    return labels, torch.tensor(scores, dtype=embedding.dtype, device=embedding.device), cen
