@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and closed early: not an error
+        sys.stderr.close()
+        return 0
     except (FileNotFoundError, ValueError, NotADirectoryError, PermissionError) as err:
         # user errors: say what was wrong, no traceback (run with -vv for one)
         if args.verbose >= 2:
