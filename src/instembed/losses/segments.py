@@ -78,6 +78,18 @@ def check_spatial(t: torch.Tensor, labels: torch.Tensor, name: str, ndim: int = 
         )
 
 
+def _compact(key: torch.Tensor, key_space: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted unique values of ``key`` (N,) int64 in [0, key_space) and the inverse index.
+
+    A bincount over the key space (linear time) when it is small, else ``torch.unique``.
+    """
+    if key_space <= max(4 * key.numel(), 1 << 20):
+        present = torch.bincount(key, minlength=key_space) > 0
+        remap = torch.cumsum(present, 0) - 1
+        return present.nonzero().squeeze(1), remap[key]
+    return torch.unique(key, return_inverse=True)
+
+
 def find_segments(
     labels: torch.Tensor,
     ignore: torch.Tensor | None = None,
@@ -117,11 +129,11 @@ def find_segments(
     pixel = valid.nonzero().squeeze(1)
     nl = int(flat.max()) + 1 if flat.numel() else 1
     key = (image[pixel] * num_classes + cls[pixel]) * nl + flat[pixel]
-    ukey, seg = torch.unique(key, return_inverse=True)
+    ukey, seg = _compact(key, b * num_classes * nl)
     counts = torch.bincount(seg, minlength=ukey.numel()).float()
     seg_label = ukey % nl
     gkey = ukey // nl
-    ugroup, seg_group = torch.unique(gkey, return_inverse=True)
+    ugroup, seg_group = _compact(gkey, b * num_classes)
     return Segments(
         pixel=pixel,
         seg=seg,
