@@ -562,9 +562,11 @@ class Trainer:
             self.best = {"metric": key, "value": float(value), "step": self.step}
             self.save(BEST, training_state=False)
 
-    def fit(self, stop_at: int | None = None) -> FitResult:
-        """Train until ``run.steps`` (or ``stop_at`` steps, for tests and time-boxed runs)."""
+    def fit(self, stop_at: int | None = None, time_limit_s: float | None = None) -> FitResult:
+        """Train until ``run.steps`` (or ``stop_at`` steps, or ``time_limit_s`` seconds of
+        wall-clock time, whichever comes first; the last two end with status "stopped")."""
         cfg = self.cfg
+        t_start = time.perf_counter()
         end = cfg.run.steps if stop_at is None else min(stop_at, cfg.run.steps)
         main = self.dist.is_main
         tb = csv_train = csv_val = None
@@ -608,6 +610,11 @@ class Trainer:
                                     tb.add_scalar(f"train/{k}", v, self.step)
                     if stop:
                         status = "interrupted"
+                        break
+                    if time_limit_s is not None and self._agree(
+                        time.perf_counter() - t_start > time_limit_s
+                    ):
+                        log.info("time limit of %.0f s reached at step %d", time_limit_s, self.step)
                         break
                     # the same cadence whatever stop_at is, so a resumed run replays the same RNG use
                     if (
