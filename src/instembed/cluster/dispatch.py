@@ -115,6 +115,7 @@ def cluster_embeddings(
         raise ValueError(f"unknown clustering method {method!r}; valid: {list(METHODS)}")
     params = dict(params)
     b = int(params.pop("batch_index", 0))
+    min_size_given = "min_size" in params
     min_size = int(params.pop("min_size", 0))
     do_fill = bool(params.pop("fill_holes", False))
     score_mode = params.pop("score", "seed")
@@ -144,6 +145,8 @@ def cluster_embeddings(
         if seed_map is None:
             raise ValueError("method 'seeded' needs outputs.seed, which is None")
         _check_params(method, seeded_cluster, params)
+        if min_size_given:  # also the proposal size of the seed loop
+            params["min_size"] = min_size
         labels, seed_scores, centers = seeded_cluster(
             emb, seed_map, sigma, fg, fg_thresh=fg_thresh, **params
         )

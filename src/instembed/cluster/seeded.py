@@ -12,7 +12,8 @@ Seeds are visited in descending seed score among foreground pixels that are not 
   ``q2 = sum_j scale_sj (e_j - e_sj)^2`` and the scale from the seed's own sigma;
 * the proposal becomes an instance when it has more than ``min_size`` pixels and more than
   ``new_fraction`` of them are still unclustered ("mostly new pixels"); either way its pixels
-  (and the seed) leave the pool of unclustered pixels;
+  (and the seed) leave the pool of unclustered pixels (the seed itself counts as a new pixel;
+  SpatialEmbeddings removes it before counting, which rejects every one-pixel instance);
 * the instance's score is its seed score.
 
 ``sigma_mode`` says how the sigma map turns into the scale of q2: ``"neven"`` scale = exp(10 sigma)
@@ -151,14 +152,16 @@ def seeded_cluster(
         diff = pts - c.unsqueeze(1)
         q2 = (diff * diff * s.unsqueeze(1)).sum(0)
         proposal = q2 < q2_max
-        unclustered[i] = False
         n_prop = int(proposal.sum().item())
         if n_prop * weight > min_size:
+            # the seed counts as a new pixel (SpatialEmbeddings removes it first, which rejects
+            # every one-pixel instance)
             n_new = int((proposal & unclustered).sum().item())
             if n_new > new_fraction * n_prop:
                 centers.append(c)
                 scales.append(s)
                 scores.append(best)
+        unclustered[i] = False
         unclustered &= ~proposal
         n_unclustered = int(unclustered.sum().item())
     if len(centers) == 0:

@@ -59,6 +59,8 @@ def threshold_modes(
     if m == 0:
         return labels, points.new_zeros((0, points.shape[1]))
     pn = (points * points).sum(1)
+    # (D, M) copy for matrix-vector products: torch.mv on it avoids the slow vector @ matrix path
+    points_t = points.t().contiguous()
     r2 = delta_v * delta_v
     unassigned = torch.ones(m, dtype=torch.bool, device=points.device)
     centers: list[Tensor] = []
@@ -72,7 +74,7 @@ def threshold_modes(
             # |x - c|^2 < r^2  <=>  |x|^2 - 2 x.c < r^2 - |c|^2
             ball = torch.addmv(pn, points, c, alpha=-2.0) < (r2 - float(c.dot(c).item()))
             cnt = ball.sum()
-            new = (ball.to(points.dtype) @ points) / cnt.clamp(min=1).to(points.dtype)
+            new = torch.mv(points_t, ball.to(points.dtype)) / cnt.clamp(min=1).to(points.dtype)
             shift = float((new - c).norm().item())
             c = new
             if shift <= tol:

@@ -1,0 +1,142 @@
+"""Seeded clustering (Neven et al. 2019; Novotny Laplacian kernel) against a slow reference."""
+
+import math
+
+import torch
+from sklearn.metrics import adjusted_rand_score
+
+from instembed.cluster import cluster_batch, cluster_embeddings, seeded_cluster
+from instembed.models.outputs import Outputs
+
+
+def slow_seeded(emb, seed, scale, fg, seed_thresh, min_size, q2_max, new_fraction=0.5):
+    """Reference: Neven's loop over pixels written plainly, then each pixel to the accepted
+    instance with the smallest scaled distance below the threshold."""
+    e = emb.shape[0]
+    pix = [tuple(p) for p in fg.nonzero().tolist()]
+    unclustered = set(pix)
+    accepted = []
+    while len(unclustered) > min_size:
+        best = max(unclustered, key=lambda p: (float(seed[p]), -pix.index(p)))
+        if float(seed[best]) < seed_thresh:
+            break
+        c, s = emb[:, best[0], best[1]], scale[:, best[0], best[1]]
+        prop = {p for p in pix if float((s * (emb[:, p[0], p[1]] - c) ** 2).sum()) < q2_max}
+        if len(prop) > min_size and len(prop & unclustered) > new_fraction * len(prop):
+            accepted.append((c, s, float(seed[best])))
+        unclustered.discard(best)
+        unclustered -= prop
+    labels = torch.zeros(fg.shape, dtype=torch.long)
+    for p in pix:
+        d = [float((s * (emb[:, p[0], p[1]] - c) ** 2).sum()) for c, s, _ in accepted]
+        if d and min(d) < q2_max:
+            labels[p] = min(range(len(d)), key=lambda k: (d[k], k)) + 1
+    del e
+    return labels, [a[2] for a in accepted]
+
+
+def random_scene(seed, h=24, w=30):
+    g = torch.Generator().manual_seed(seed)
+    k = 4
+    truth = (torch.arange(w) * k // w).expand(h, w)
+    centers = torch.randn(k, 2, generator=g) * 2.5
+    emb = centers[truth].permute(2, 0, 1) + 0.4 * torch.randn(2, h, w, generator=g)
+    seed_map = torch.rand(h, w, generator=g)
+    sigma = 0.5 + 0.3 * torch.rand(1, h, w, generator=g)  # std
+    return emb, seed_map, sigma, truth + 1
+
+
+def test_matches_slow_reference():
+    for s in range(3):
+        emb, seed_map, sigma, _ = random_scene(s)
+        fg = seed_map > 0.3
+        labels, scores, _ = seeded_cluster(
+            emb, seed_map, sigma, fg, seed_thresh=0.6, min_size=10, sigma_mode="std"
+        )
+        scale = 0.5 / sigma**2
+        ref, ref_scores = slow_seeded(emb, seed_map, scale, fg, 0.6, 10, math.log(2))
+        assert torch.equal(labels, ref)
+        assert torch.allclose(scores, torch.tensor(ref_scores))
+
+
+def test_separated_instances_and_seed_scores():
+    # four stripes with tight embeddings; the seed map peaks at one known pixel per stripe, so the
+    # instance scores are exactly those peak values, in decreasing order
+    h, w, k = 10, 40, 4
+    truth = (torch.arange(w) * k // w).expand(h, w)
+    centers = torch.tensor([[0.0, 0.0], [5.0, 0.0], [0.0, 5.0], [5.0, 5.0]])
+    emb = centers[truth].permute(2, 0, 1).clone()
+    seed = torch.full((h, w), 0.95)
+    peaks = [0.99, 0.98, 0.97, 0.96]
+    for i, p in enumerate(peaks):
+        seed[5, 10 * i + 5] = p
+    res = cluster_embeddings(
+        Outputs(embedding=emb[None], seed=seed[None, None], sigma=torch.zeros(1, 1, h, w)),
+        "seeded",
+        min_size=5,
+    )
+    assert res.num_instances == 4
+    assert adjusted_rand_score(truth.flatten(), res.labels.flatten()) == 1.0
+    assert torch.allclose(res.scores, torch.tensor(peaks))
+
+
+def test_kernel_threshold_just_inside_and_outside():
+    # two tight groups d apart, sigma std 1: Gaussian exp(-d^2 / 2) > 0.5 iff d < sqrt(2 ln 2);
+    # Laplacian exp(-d) > 0.5 iff d < ln 2. Inside: the first seed's proposal takes both groups.
+    for kernel, d_star in (("gaussian", math.sqrt(2 * math.log(2))), ("laplacian", math.log(2))):
+        for d, expected in ((0.99 * d_star, 1), (1.01 * d_star, 2)):
+            emb = torch.zeros(2, 4, 8)
+            emb[0, :, 4:] = d
+            seed = torch.full((4, 8), 0.95)
+            seed[0, 0] = 0.99
+            labels, _, _ = seeded_cluster(
+                emb, seed, torch.ones(1, 4, 8), min_size=2, kernel=kernel, sigma_mode="std"
+            )
+            assert int(labels.max()) == expected, (kernel, d)
+
+
+def test_no_foreground_low_seeds_and_one_pixel():
+    emb = torch.zeros(2, 6, 6)
+    sigma = torch.zeros(1, 6, 6)
+    labels, scores, _ = seeded_cluster(emb, torch.zeros(6, 6), sigma)
+    assert (labels == 0).all() and scores.numel() == 0
+    labels, scores, _ = seeded_cluster(emb, torch.full((6, 6), 0.8), sigma, min_size=1)
+    assert scores.numel() == 0  # foreground, but no seed reaches seed_thresh = 0.9
+    one = torch.zeros(6, 6)
+    one[2, 3] = 0.95
+    labels, scores, _ = seeded_cluster(emb, one, sigma, min_size=0)
+    assert labels[2, 3] == 1 and labels.sum() == 1 and scores.tolist() == [0.949999988079071]
+
+
+def test_translation_invariance_scripted_and_batch():
+    emb, seed_map, sigma, _ = random_scene(5, 40, 48)
+    scripted = torch.jit.script(seeded_cluster)
+    args = dict(seed_thresh=0.6, min_size=10, sigma_mode="std")
+    a, sa, _ = seeded_cluster(emb, seed_map, sigma, None, **args)
+    b, sb, _ = scripted(
+        emb + torch.tensor([30.0, -7.0]).view(2, 1, 1),
+        seed_map,
+        sigma,
+        None,
+        0.5,
+        0.6,
+        10,
+        0.5,
+        0.5,
+        "gaussian",
+        "std",
+        16384,
+        4,
+    )
+    assert torch.equal(a, b) and torch.allclose(sa, sb)
+    emb2, seed2, sigma2, _ = random_scene(6, 40, 48)
+    out = Outputs(
+        embedding=torch.stack([emb, emb2]),
+        seed=torch.stack([seed_map, seed2])[:, None],
+        sigma=torch.stack([sigma, sigma2]),
+    )
+    batch = cluster_batch(out, "seeded", **args)
+    for i in range(2):
+        single = cluster_embeddings(out.index(i), "seeded", **args)
+        assert torch.equal(batch[i].labels, single.labels)
+        assert torch.equal(batch[i].scores, single.scores)
