@@ -223,8 +223,26 @@ tr.close()
 """
 
 
+def test_validation_metrics_and_best_model(tmp_path):
+    cfg = tiny_config(steps=2, val_every=1, best_metric="AP")
+    cfg.data.n_val = 2
+    cfg.cluster.method = "kmeans"  # no k: the true number of dots (validation protocol)
+    tr = Trainer(cfg, tmp_path)
+    res = tr.fit()
+    rows = list(csv.DictReader(open(tmp_path / "val_log.csv")))
+    assert [int(r["step"]) for r in rows] == [1, 2]
+    assert {"AP", "AP50", "SBD", "PQ"} <= set(rows[0])
+    best = ck.load_checkpoint(tmp_path / "best.pt")
+    aps = [float(r["AP"]) for r in rows]
+    assert res.best["value"] == pytest.approx(max(aps))
+    assert best["step"] == res.best["step"] == 1 + aps.index(max(aps))
+    assert "optimizer" not in best  # best.pt holds weights only
+
+
 def test_torchrun_two_processes_gloo_identical_weights(tmp_path):
     cfg = tiny_config(steps=2)
+    cfg.data.n_val = 3  # ranks validate 2 and 1 images; the merged metrics cover all 3
+    cfg.cluster.method = "kmeans"
     script = tmp_path / "rank_train.py"
     script.write_text(RANK_SCRIPT)
     out = tmp_path / "run"
@@ -246,3 +264,15 @@ def test_torchrun_two_processes_gloo_identical_weights(tmp_path):
         assert torch.equal(w0[k], saved[k]), k  # rank 0 wrote the checkpoint
         moved |= not torch.equal(w0[k], init[k])
     assert moved
+    # metrics gathered over ranks == one process validating the same weights on all images
+    from instembed.engine.trainer import validate
+
+    model = Trainer(cfg, tmp_path / "fresh2").model
+    model.load_state_dict(saved)
+    single = validate(
+        model, Trainer(cfg, tmp_path / "fresh3").val_samples, cfg, torch.device("cpu")
+    )
+    stored = ck.load_checkpoint(out / LAST)["metrics"]
+    assert stored and stored.keys() == single.keys()
+    for k, v in single.items():
+        assert stored[k] == pytest.approx(v, nan_ok=True), k

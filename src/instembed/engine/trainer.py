@@ -30,6 +30,7 @@ checkpoint on disk (written before the fault) is left as it is. Checkpoints are 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import logging
 import math
@@ -275,6 +276,12 @@ def _stop_on_signals(flag: dict):
 
 
 # --------------------------------------------------------------------------- validation
+def _count(instances: np.ndarray) -> int:
+    if instances.ndim == 3:
+        return int(instances.shape[0])
+    return int(len(np.unique(instances[instances > 0])))
+
+
 def _to_numpy_labels(x) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
@@ -305,7 +312,11 @@ def validate(
         s = samples[i]
         image = torch.from_numpy(np.ascontiguousarray(s.image, np.float32))[None].to(device)
         out = model(image).map(lambda t: t.detach().float().cpu())
-        res = cluster_outputs(out, cfg.cluster)
+        cc = cfg.cluster
+        if cc.method == "kmeans" and "k" not in cc.params:
+            # k-means without k: the true number of instances (the coloring-dilemma protocol)
+            cc = dataclasses.replace(cc, params={**cc.params, "k": max(1, _count(s.instances))})
+        res = cluster_outputs(out, cc)
         records.append(
             {
                 "gt": s.instances,

@@ -1,0 +1,149 @@
+"""``instembed predict --model M INPUTS... --out DIR [--tile SIZE --overlap PX] [--tta] [--batch N]``."""
+
+from __future__ import annotations
+
+HELP = "segment images with a trained or pretrained model (tiling, TTA, label/JSON/overlay/COCO writers)"
+DESCRIPTION = """Segment images (files or folders) with a model: a checkpoint written by
+`instembed train`, a run folder, or the name of a shipped pretrained model. Writes, per image,
+DIR/<stem>.tif (label image, 0 = background), DIR/<stem>.json (id, score, class, area, bbox per
+instance) and DIR/<stem>_overlay.png; optionally one COCO results json (RLE) and panoptic
+PNGs + json. Images that fail to load are reported, skipped and listed at the end, and the
+exit code is then 1."""
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
+    parser.add_argument(
+        "--model", required=True, help="checkpoint .pt, run folder, or pretrained name"
+    )
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--tile", type=int, default=None, help="tile size in pixels (large images)")
+    parser.add_argument(
+        "--overlap",
+        type=int,
+        default=None,
+        help="overlap between tiles in pixels (default: from the model's receptive field)",
+    )
+    parser.add_argument(
+        "--tta", action="store_true", help="test-time augmentation (8 flips/rotations)"
+    )
+    parser.add_argument("--batch", type=int, default=1, help="tiles per forward pass")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--format", choices=("tif", "png"), default="tif", help="label file type")
+    parser.add_argument("--no-overlay", action="store_true", help="do not write overlay PNGs")
+    parser.add_argument(
+        "--coco", metavar="FILE", default=None, help="also write COCO results json (RLE)"
+    )
+    parser.add_argument(
+        "--panoptic",
+        action="store_true",
+        help="also write DIR/panoptic/<stem>.png + DIR/panoptic.json",
+    )
+    parser.add_argument(
+        "--cluster",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override the clusterer: method=NAME and/or parameters, e.g. method=meanshift bandwidth=0.5",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _cluster_config(base, items: list[str]):
+    import dataclasses
+
+    import yaml
+
+    method, params = base.method, dict(base.params)
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--cluster {item!r}: expected KEY=VALUE")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw)
+        if key == "method":
+            method = str(value)
+        else:
+            params[key] = value
+    return dataclasses.replace(base, method=method, params=params)
+
+
+def run(args) -> int:
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    from instembed.data.io import load_image
+    from instembed.engine import writers as W
+    from instembed.engine.predict import Predictor, WriteOptions, expand_inputs, write_prediction
+    from instembed.engine.trainer import resolve_device
+
+    if args.batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    if args.tile is not None and args.tile < 16:
+        raise ValueError(f"--tile must be >= 16 pixels, got {args.tile}")
+    if args.overlap is not None and args.overlap < 0:
+        raise ValueError(f"--overlap must be >= 0, got {args.overlap}")
+    files, bad = expand_inputs(args.inputs)
+    if not files and bad:
+        for item, why in bad:
+            print(f"instembed predict: {item}: {why}", file=sys.stderr)
+        return 1
+    device = resolve_device(args.device)
+    predictor = Predictor.from_spec(
+        args.model,
+        device=device,
+        tile=args.tile,
+        overlap=args.overlap,
+        tta=args.tta,
+        batch=args.batch,
+    )
+    predictor.cluster = _cluster_config(predictor.cluster, args.cluster)
+    normalize = predictor.cfg.data.reader_params.get("normalize", "percentile")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    opts = WriteOptions(labels_format=args.format, overlay=not args.no_overlay)
+    coco_records: list[dict] = []
+    panoptic_annotations: list[dict] = []
+    stuff = tuple(predictor.cluster.params.get("stuff_classes", ()))
+
+    iterator = files
+    if not args.no_progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(files, desc="predict", unit="image")
+    n_done, n_inst = 0, 0
+    for image_id, path in enumerate(iterator, start=1):
+        try:
+            image, _ = load_image(path, normalize, channels=predictor.in_channels)
+        except (ValueError, OSError) as err:  # ImageReadError is a ValueError
+            msg = str(err) if str(path) in str(err) else f"{path}: {err}"
+            print(f"instembed predict: skipped {msg}", file=sys.stderr)
+            bad.append((str(path), str(err)))
+            continue
+        pred = predictor(image)
+        stem = path.stem
+        write_prediction(out, stem, image, pred, opts)
+        n_done += 1
+        n_inst += int(pred.labels.max()) if pred.labels.size else 0
+        if args.coco:
+            coco_records += W.coco_result_records(image_id, pred.labels, pred.scores, pred.classes)
+        if args.panoptic:
+            seg, infos = W.panoptic_segments(pred.labels, pred.classes, pred.semantic, stuff)
+            W.write_panoptic_png(out / "panoptic" / f"{stem}.png", seg)
+            panoptic_annotations.append(
+                {"image_id": image_id, "file_name": f"{stem}.png", "segments_info": infos}
+            )
+    if args.coco:
+        W.write_json(Path(args.coco), coco_records)
+    if args.panoptic:
+        images = [{"id": a["image_id"], "file_name": a["file_name"]} for a in panoptic_annotations]
+        W.write_json(out / "panoptic.json", {"images": images, "annotations": panoptic_annotations})
+    print(f"{n_done} image(s) segmented, {n_inst} instance(s), written to {out}")
+    if bad:
+        print(f"{len(bad)} input(s) failed and were skipped:", file=sys.stderr)
+        for item, why in bad:
+            print(f"  {item}: {why}", file=sys.stderr)
+        return 1
+    del np
+    return 0

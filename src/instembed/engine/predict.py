@@ -1,0 +1,250 @@
+"""Prediction: model lookup (checkpoint or shipped pretrained name), images -> instances -> files.
+
+Pipeline of one image (C, H, W)::
+
+    network outputs   <- engine.inference.infer (whole image, or tiles + stitching; optional TTA)
+    instances         <- the clusterer of the model's config, run ONCE on the stitched outputs
+    files             <- <stem>.tif labels, <stem>.json table, <stem>_overlay.png,
+                         optional COCO results json (RLE) and panoptic PNG + json
+
+A model is named by a checkpoint path (``.pt`` written by ``instembed train``), a run folder
+(its ``best.pt``, else ``last.pt``), or the name of a pretrained model shipped in
+``instembed/pretrained/<name>.pt`` with ``<name>.json`` holding its ``sha256`` (checked before
+loading).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from instembed.engine import checkpoint as ck
+from instembed.engine.build import build_model_from_config, cluster_outputs
+from instembed.engine.config import ClusterConfig, Config, config_from_yaml
+from instembed.engine.inference import infer
+from instembed.models.outputs import Outputs
+
+log = logging.getLogger(__name__)
+
+PRETRAINED_DIR = Path(__file__).resolve().parents[1] / "pretrained"
+
+
+# --------------------------------------------------------------------------- model lookup
+def pretrained_names(folder: Path = PRETRAINED_DIR) -> list[str]:
+    """Names of the shipped pretrained models (``<name>.pt`` with a ``<name>.json`` beside it)."""
+    if not folder.is_dir():
+        return []
+    return sorted(p.stem for p in folder.glob("*.pt") if p.with_suffix(".json").is_file())
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def resolve_model(spec: str | Path, pretrained_dir: Path = PRETRAINED_DIR) -> Path:
+    """Checkpoint path for ``spec``: a file, a run folder, or a pretrained model name.
+
+    A pretrained file is checked against the ``sha256`` in its JSON card; a mismatch raises
+    :class:`~instembed.engine.checkpoint.CheckpointError`. Unknown names raise
+    ``FileNotFoundError`` listing the shipped names.
+    """
+    path = Path(spec)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / name).is_file():
+                return path / name
+        raise FileNotFoundError(f"--model {spec}: folder has no best.pt or last.pt")
+    weights = pretrained_dir / f"{spec}.pt"
+    card = pretrained_dir / f"{spec}.json"
+    if weights.is_file() and card.is_file():
+        try:
+            expected = json.loads(card.read_text())["sha256"]
+        except (ValueError, KeyError) as err:
+            raise ck.CheckpointError(f"{card}: no readable 'sha256' entry ({err})") from None
+        got = sha256_file(weights)
+        if got != expected:
+            raise ck.CheckpointError(
+                f"pretrained model {spec!r}: sha256 of {weights} is {got}, expected {expected}"
+                " (file corrupted or replaced)"
+            )
+        return weights
+    names = pretrained_names(pretrained_dir)
+    raise FileNotFoundError(
+        f"--model {spec}: no such checkpoint file or run folder, and not a pretrained model name"
+        f" (shipped: {', '.join(names) if names else 'none'})"
+    )
+
+
+def load_model(
+    spec: str | Path, device: str | torch.device = "cpu", pretrained_dir: Path = PRETRAINED_DIR
+) -> tuple[nn.Module, Config]:
+    """(model in eval mode on ``device``, its run config) from a checkpoint / run / pretrained name."""
+    path = resolve_model(spec, pretrained_dir)
+    state = ck.load_checkpoint(path, map_location="cpu")
+    try:
+        cfg = config_from_yaml(state["config"])
+    except ValueError as err:
+        raise ck.CheckpointError(f"{path}: stored config does not parse: {err}") from None
+    model = build_model_from_config(cfg.model)
+    ck.load_model_state(model, state["model"], source=str(path))
+    return model.to(device).eval(), cfg
+
+
+# --------------------------------------------------------------------------- prediction
+@dataclass
+class Prediction:
+    """Instances of one image. ``labels`` (H, W) int32 0 = background; ``scores`` / ``classes``
+    (N,) for ids 1..N; ``semantic`` (H, W) argmax class when the model has a semantic head."""
+
+    labels: np.ndarray
+    scores: np.ndarray
+    classes: np.ndarray | None = None
+    semantic: np.ndarray | None = None
+    timing: dict[str, float] = field(default_factory=dict)
+
+
+def _np(x) -> np.ndarray | None:
+    if x is None:
+        return None
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def instances_from_outputs(outputs: Outputs, cluster: ClusterConfig) -> Prediction:
+    """Cluster the outputs of one image (batch dim 1) into a :class:`Prediction`."""
+    res = cluster_outputs(outputs, cluster)
+    labels = _np(res.labels).astype(np.int32)
+    if labels.ndim == 3 and labels.shape[0] == 1:
+        labels = labels[0]
+    n = int(labels.max()) if labels.size else 0
+    scores = _np(getattr(res, "scores", None))
+    scores = np.ones(n, np.float32) if scores is None else scores.astype(np.float32)
+    classes = _np(getattr(res, "classes", None))
+    semantic = None
+    if outputs.semantic is not None:
+        semantic = _np(outputs.semantic[0].argmax(0)).astype(np.int32)
+    return Prediction(labels, scores, classes, semantic)
+
+
+class Predictor:
+    """Model + clusterer + inference options; ``predictor(image) -> Prediction``.
+
+    ``image`` (C, H, W) float32 numpy array or tensor, normalised like the training data.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: Config,
+        *,
+        device: str | torch.device = "cpu",
+        tile: int | None = None,
+        overlap: int | None = None,
+        tta: bool = False,
+        batch: int = 1,
+        cluster: ClusterConfig | None = None,
+    ) -> None:
+        self.model = model.to(device).eval()
+        self.cfg = cfg
+        self.cluster = cluster or cfg.cluster
+        self.device = torch.device(device)
+        self.tile, self.overlap, self.tta, self.batch = tile, overlap, tta, max(1, batch)
+        self.in_channels = int(getattr(model, "in_channels", cfg.model.in_channels))
+
+    @classmethod
+    def from_spec(cls, spec: str | Path, device: str | torch.device = "cpu", **kw) -> Predictor:
+        model, cfg = load_model(spec, device)
+        return cls(model, cfg, device=device, **kw)
+
+    @torch.no_grad()
+    def outputs(self, image) -> Outputs:
+        """Network outputs (batch dim 1, on CPU, float32) for one image (C, H, W)."""
+        x = torch.as_tensor(
+            np.ascontiguousarray(image, np.float32)
+            if not isinstance(image, torch.Tensor)
+            else image
+        )
+        if x.ndim != 3 or x.shape[0] != self.in_channels:
+            raise ValueError(
+                f"image must be ({self.in_channels}, H, W) for this model, got shape {tuple(x.shape)}"
+            )
+        x = x.to(self.device, torch.float32)
+        out = infer(
+            self.model, x, tile=self.tile, overlap=self.overlap, tta=self.tta, batch=self.batch
+        )
+        return out.map(lambda t: t.float().cpu())
+
+    def __call__(self, image) -> Prediction:
+        import time
+
+        t0 = time.perf_counter()
+        out = self.outputs(image)
+        t1 = time.perf_counter()
+        pred = instances_from_outputs(out, self.cluster)
+        pred.timing = {"network_s": t1 - t0, "cluster_s": time.perf_counter() - t1}
+        return pred
+
+
+# --------------------------------------------------------------------------- inputs / outputs
+def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Image files from files and folders (non-recursive, sorted); also (input, problem) pairs
+    for inputs that do not exist or hold no images."""
+    from instembed.data.io import IMAGE_SUFFIXES
+
+    files: list[Path] = []
+    bad: list[tuple[str, str]] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(
+                f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+            )
+            if not found:
+                bad.append((item, f"folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})"))
+            files.extend(found)
+        elif p.is_file():
+            files.append(p)
+        else:
+            bad.append((item, "no such file or folder"))
+    return files, bad
+
+
+@dataclass
+class WriteOptions:
+    labels_format: str = "tif"  # "tif" | "png"
+    overlay: bool = True
+    coco: Path | None = None  # COCO results json for all images
+    panoptic: Path | None = None  # folder for panoptic PNGs + panoptic.json
+
+
+def write_prediction(
+    out_dir: Path, stem: str, image: np.ndarray, pred: Prediction, opts: WriteOptions
+) -> list[Path]:
+    """Write the per-image files of one prediction; returns the paths written."""
+    from instembed.data.io import write_labels
+    from instembed.engine import writers as W
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [write_labels(out_dir / f"{stem}.{opts.labels_format}", pred.labels)]
+    recs = W.instance_records(pred.labels, pred.scores, pred.classes)
+    h, w = pred.labels.shape
+    written.append(
+        W.write_json(
+            out_dir / f"{stem}.json", {"image": stem, "height": h, "width": w, "instances": recs}
+        )
+    )
+    if opts.overlay:
+        written.append(W.write_overlay(out_dir / f"{stem}_overlay.png", image, pred.labels))
+    return written

@@ -1,0 +1,243 @@
+"""Prediction: tiled == untiled instances, TTA, model lookup, the predict CLI and its writers."""
+
+import hashlib
+import json
+import shutil
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from instembed.engine import checkpoint as ck
+from instembed.engine.config import ClusterConfig, Config, config_to_yaml
+from instembed.engine.predict import Predictor, load_model, resolve_model
+from instembed.metrics import adjusted_rand_index
+from instembed.models import Outputs, build_model
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class WindowCentroidNet(nn.Module):
+    """A fixed-weight convolutional net that solves well-separated discs exactly.
+
+    Three convolutions with a (2r+1)^2 box window give, per pixel u, the foreground mass m, and
+    the sums of (dy, dx) over foreground pixels of the window; Phi = (sum d) / m is the offset
+    from u to the centroid of the foreground in the window, i.e. to the disc's centre when the
+    window holds exactly one disc. Semi-conv: Psi = (Phi + u) * s = the disc centre * s.
+    seed = the foreground itself. Box windows are symmetric, so the net is exactly equivariant
+    to flips and 90-degree rotations.
+    """
+
+    semiconv = True
+    coord_scale = 0.1
+    size_divisor = 1
+    in_channels = 1
+
+    def __init__(self, half: int = 6):
+        super().__init__()
+        k = 2 * half + 1
+        d = torch.arange(-half, half + 1, dtype=torch.float32)
+        w = torch.stack([torch.ones(k, k), d.view(k, 1).expand(k, k), d.view(1, k).expand(k, k)])
+        self.register_buffer("weight", w.unsqueeze(1))  # (3, 1, k, k)
+        self.half = half
+        self.receptive_field = k
+
+    def forward(self, x, coords_origin=None):
+        b, _, h, w = x.shape
+        fg = (x > 0.5).float()
+        s = F.conv2d(fg, self.weight, padding=self.half)
+        phi = s[:, 1:] / s[:, :1].clamp(min=1e-6)
+        origin = torch.zeros(b, 2) if coords_origin is None else coords_origin.float()
+        yy = torch.arange(h).view(1, h, 1).expand(b, h, w) + origin[:, 0].view(b, 1, 1)
+        xx = torch.arange(w).view(1, 1, w).expand(b, h, w) + origin[:, 1].view(b, 1, 1)
+        u = torch.stack([yy, xx], 1).float()
+        return Outputs(embedding=(phi + u) * self.coord_scale, seed=fg)
+
+
+def discs(h=150, w=170, n=30, r=4, seed=0):
+    """Label image of n discs of radius r, centres >= 3r apart (no two in one 13 px window)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:h, :w]
+    centres = []
+    while len(centres) < n:
+        c = rng.integers(r, [h - r, w - r])
+        if all(np.hypot(*(c - p)) > 3.5 * r for p in centres):
+            centres.append(c)
+    labels = np.zeros((h, w), np.int32)
+    for i, (cy, cx) in enumerate(centres, start=1):
+        labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = i
+    return labels
+
+
+def _predictor(model, **kw):
+    cfg = Config()
+    cluster = ClusterConfig("threshold", {"delta_v": 0.2})
+    return Predictor(model, cfg, cluster=cluster, **kw)
+
+
+def test_window_net_segments_discs_exactly():
+    labels = discs()
+    pred = _predictor(WindowCentroidNet())(labels[None].astype(np.float32) > 0)
+    assert adjusted_rand_index(labels, pred.labels) == pytest.approx(1.0)
+    assert pred.labels.max() == labels.max() and pred.scores.shape == (labels.max(),)
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_tiled_equals_untiled_instances(tta):
+    labels = discs(seed=1)
+    img = (labels[None] > 0).astype(np.float32)
+    full = _predictor(WindowCentroidNet(), tta=tta)(img)
+    # tiles of 48 px with the default overlap (receptive field 13 -> 14 px)
+    tiled = _predictor(WindowCentroidNet(), tile=48, tta=tta, batch=4)(img)
+    tiles = 0
+    assert adjusted_rand_index(full.labels, tiled.labels) == pytest.approx(1.0)
+    # and per object: same pixel set (label ids may be numbered differently)
+    for i in range(1, int(full.labels.max()) + 1):
+        ids = np.unique(tiled.labels[full.labels == i])
+        assert len(ids) == 1 and ids[0] > 0
+        tiles += 1
+    assert tiles == labels.max()
+
+
+def test_too_small_overlap_splits_objects_on_tile_borders():
+    # control: overlap 0 (window 13 px) -> discs cut by a tile border get wrong offsets
+    labels = discs(seed=1)
+    img = (labels[None] > 0).astype(np.float32)
+    tiled = _predictor(WindowCentroidNet(), tile=48, overlap=0)
+    full = _predictor(WindowCentroidNet())
+    # embeddings of pixels near tile borders move (by up to a few pixels * 0.1) ...
+    diff = (tiled.outputs(img).embedding - full.outputs(img).embedding).abs().max()
+    assert diff > 0.05
+    # ... and the instances are no longer exactly the ground truth
+    assert adjusted_rand_index(labels, tiled(img).labels) < 1 - 1e-6
+
+
+# --------------------------------------------------------------------------- checkpoints / CLI
+def _tiny_checkpoint(tmp_path, name="model.pt"):
+    cfg = Config()
+    cfg.model.heads = {"embedding": 4, "seed": 1}
+    cfg.model.semiconv = True
+    cfg.model.params = {"depth": 2, "width": 4}
+    cfg.cluster = ClusterConfig("threshold", {"delta_v": 0.5})
+    torch.manual_seed(0)
+    model = build_model("unet", heads=cfg.model.heads, semiconv=True, depth=2, width=4)
+    path = ck.save_checkpoint(
+        tmp_path / name, model_state=model.state_dict(), config_yaml=config_to_yaml(cfg), step=0
+    )
+    return path, model, cfg
+
+
+def test_load_model_from_file_run_folder_and_pretrained_name(tmp_path):
+    path, model, _ = _tiny_checkpoint(tmp_path / "run", "best.pt")
+    loaded, cfg = load_model(tmp_path / "run")
+    assert cfg.model.heads == {"embedding": 4, "seed": 1}
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v)
+    # a shipped pretrained model: <name>.pt + <name>.json with its sha256
+    pre = tmp_path / "pretrained"
+    pre.mkdir()
+    shutil.copy(path, pre / "tiny.pt")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    (pre / "tiny.json").write_text(json.dumps({"sha256": digest}))
+    assert resolve_model("tiny", pre) == pre / "tiny.pt"
+    (pre / "tiny.json").write_text(json.dumps({"sha256": "0" * 64}))
+    with pytest.raises(ck.CheckpointError, match="sha256"):
+        resolve_model("tiny", pre)
+    with pytest.raises(FileNotFoundError, match="shipped: tiny"):
+        resolve_model("nonexistent", pre)
+
+
+def test_incompatible_checkpoint_is_a_clear_error(tmp_path):
+    path, _, cfg = _tiny_checkpoint(tmp_path)
+    state = ck.load_checkpoint(path)
+    state["model"] = {k: v for k, v in state["model"].items() if "decoders" not in k}
+    torch.save(state, tmp_path / "broken.pt")
+    with pytest.raises(ck.CheckpointError, match="missing .* keys"):
+        load_model(tmp_path / "broken.pt")
+
+
+def test_predict_cli_writes_files_and_reports_bad_images(tmp_path, capsys):
+    from instembed.cli import main
+
+    path, model, cfg = _tiny_checkpoint(tmp_path)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        tifffile.imwrite(inputs / f"img{i}.tif", (rng.random((40, 52)) * 1000).astype(np.uint16))
+    (inputs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    out = tmp_path / "out"
+    rc = main(
+        ["predict", "--model", str(path), str(inputs), "--out", str(out), "--no-progress",
+         "--coco", str(out / "coco.json"), "--panoptic", "--tile", "32", "--overlap", "8"]
+    )  # fmt: skip
+    captured = capsys.readouterr()
+    assert rc == 1  # one input failed
+    assert "broken.png" in captured.err and "1 input(s) failed" in captured.err
+    assert not (out / "broken.tif").exists()
+    coco = json.loads((out / "coco.json").read_text())
+    from pycocotools import mask as mask_utils
+
+    for i in range(2):
+        lab = tifffile.imread(out / f"img{i}.tif")
+        table = json.loads((out / f"img{i}.json").read_text())
+        assert lab.shape == (40, 52) and table["height"] == 40
+        ids = sorted(int(v) for v in np.unique(lab) if v)
+        assert [r["id"] for r in table["instances"]] == ids
+        for r in table["instances"]:  # area and bbox agree with the label image
+            ys, xs = np.nonzero(lab == r["id"])
+            assert r["area"] == len(ys)
+            assert r["bbox"] == [
+                xs.min(),
+                ys.min(),
+                xs.max() - xs.min() + 1,
+                ys.max() - ys.min() + 1,
+            ]
+        assert (out / f"img{i}_overlay.png").is_file()
+        pan = np.asarray(Image.open(out / "panoptic" / f"img{i}.png")).astype(np.int64)
+        assert np.array_equal(pan[..., 0] + 256 * pan[..., 1], lab)
+        # the COCO RLE of each instance decodes to its mask
+        recs = [c for c in coco if c["image_id"] == i + 1]
+        assert len(recs) == len(ids)
+        for c in recs:
+            m = mask_utils.decode(
+                {"size": c["segmentation"]["size"], "counts": c["segmentation"]["counts"].encode()}
+            )
+            assert m.sum() == c["area"]
+    # the CLI's tiled result equals the library's untiled one on the same image
+    from instembed.data.io import load_image
+
+    img, _ = load_image(inputs / "img0.tif", "percentile", channels=1)
+    direct = Predictor(model, cfg)(img).labels
+    assert adjusted_rand_index(direct, tifffile.imread(out / "img0.tif")) == pytest.approx(1.0)
+
+
+def test_predict_cli_missing_inputs(tmp_path, capsys):
+    from instembed.cli import main
+
+    path, _, _ = _tiny_checkpoint(tmp_path)
+    rc = main(
+        ["predict", "--model", str(path), str(tmp_path / "nope"), "--out", str(tmp_path / "o")]
+    )
+    assert rc == 1 and "nope" in capsys.readouterr().err
+    rc = main(
+        [
+            "predict",
+            "--model",
+            str(tmp_path / "missing.pt"),
+            str(path),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
+    assert rc == 2 and "missing.pt" in capsys.readouterr().err
