@@ -1,0 +1,34 @@
+"""``instembed export --model M --format torchscript|onnx --out F``."""
+
+from __future__ import annotations
+
+HELP = "export a model to TorchScript (with post-processing where possible) or ONNX"
+DESCRIPTION = """Export a checkpoint, run folder or pretrained model. TorchScript: the network
+(any input size) and, for the seeded and center_offset clusterers, the clustering too
+(m.segment(image) -> labels, scores); the run config is stored as the extra file config.yaml.
+ONNX: the network only, dynamic batch/height/width (H and W multiples of the model's
+size_divisor, stored in the file's metadata)."""
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument(
+        "--model", required=True, help="checkpoint .pt, run folder, or pretrained name"
+    )
+    parser.add_argument("--format", required=True, choices=("torchscript", "onnx"))
+    parser.add_argument("--out", required=True, help="output file")
+    parser.add_argument(
+        "--example-size", type=int, default=None, help="side of the example input used to trace"
+    )
+
+
+def run(args) -> int:
+    from instembed.engine.export import export_onnx, export_torchscript
+    from instembed.engine.predict import load_model
+
+    model, cfg = load_model(args.model, "cpu")
+    if args.format == "torchscript":
+        path = export_torchscript(model, cfg, args.out, args.example_size)
+    else:
+        path = export_onnx(model, cfg, args.out, args.example_size)
+    print(f"wrote {path}")
+    return 0
