@@ -12,9 +12,11 @@ Three tables, all on the same machine in one run:
 3. **size** (``--flops``): parameter count and forward FLOPs (``torch.utils.flop_counter``,
    multiply-add = 2 FLOPs) of each network at 512 x 512, batch 1.
 
-Peak memory: on CPU each configuration runs in a fresh child process and reports the growth of
-its peak resident set (``ru_maxrss``) over the set-up (model, inputs) -- what one step adds; on
-CUDA ``torch.cuda.max_memory_allocated`` growth. Times: median of ``--repeat`` steps after one
+Peak memory: each configuration runs in a fresh child process; after set-up (model, inputs) the
+peak counter is reset and the baseline read, and the table shows peak minus baseline over the
+warm-up and timed steps -- what a step adds. CPU: resident set (``VmHWM`` reset through
+``/proc/self/clear_refs``, Linux; ``ru_maxrss`` elsewhere, then set-up is included); CUDA:
+``torch.cuda.max_memory_allocated``. Times: median of ``--repeat`` steps after one
 warm-up step. Prints one JSON line per configuration, then the tables.
 
     python benchmarks/train_step.py                 # CPU, all networks and losses
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -98,12 +101,45 @@ def make_batch(size: int, batch: int, device: str):
     }
 
 
+def _status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def reset_peak(device: str) -> int:
+    """Reset the peak counter; return the current usage in bytes (the baseline)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        return int(torch.cuda.memory_allocated())
+    try:  # Linux >= 4.0: writing 5 resets the peak resident set size (VmHWM)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return (_status_kib("VmRSS") or 0) * 1024
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def peak_bytes(device: str) -> int:
     import torch
 
     if device.startswith("cuda"):
         return int(torch.cuda.max_memory_allocated())
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    hwm = _status_kib("VmHWM")
+    if hwm is not None:
+        return hwm * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
 def run_one(kind: str, name: str, args) -> dict:
@@ -179,9 +215,7 @@ def run_one(kind: str, name: str, args) -> dict:
         if name in ("discriminative", "discriminative_loop"):  # value check vs the peer
             ref, _ = discriminative_loss(outs.embedding.detach(), batch["labels"])
     sync = torch.cuda.synchronize if dev.startswith("cuda") else (lambda: None)
-    if dev.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-    base = peak_bytes(dev)
+    base = reset_peak(dev)
     value = float(step())  # warm-up
     times = []
     for _ in range(args.repeat):
@@ -263,6 +297,8 @@ def main(argv=None) -> int:
                 "python": platform.python_version(),
                 "torch": torch.__version__,
                 "threads": args.threads or torch.get_num_threads(),
+                "cpus": os.cpu_count(),
+                "loadavg_1min": os.getloadavg()[0],
             }
         )
     )
