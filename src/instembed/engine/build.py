@@ -10,6 +10,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+
 from instembed.engine.config import ClusterConfig, Config, DataConfig, LossConfig, ModelConfig
 
 log = logging.getLogger(__name__)
@@ -35,22 +38,76 @@ def build_model_from_config(mc: ModelConfig):
     return build_model(mc.name, **model_kwargs(mc))
 
 
+class CompositeLoss(nn.Module):
+    """Weighted sum of several losses (multi-task training, e.g. embedding + semantic CE).
+
+    ``parts``: (name, weight, loss module). ``forward(outputs, batch) -> (total, terms)`` with
+    each loss's total under its name and its terms as ``<name>/<term>``.
+    """
+
+    def __init__(self, parts: list[tuple[str, float, nn.Module]]) -> None:
+        super().__init__()
+        self.names = [n for n, _, _ in parts]
+        self.weights = [float(w) for _, w, _ in parts]
+        self.parts = nn.ModuleList(m for _, _, m in parts)
+
+    def forward(self, outputs, batch: dict):
+        total = None
+        terms: dict[str, torch.Tensor] = {}
+        for name, w, loss in zip(self.names, self.weights, self.parts):
+            t, sub = loss(outputs, batch)
+            total = w * t if total is None else total + w * t
+            terms[name] = t.detach()
+            terms.update({f"{name}/{k}": v for k, v in sub.items() if k != name})
+        return total, terms
+
+
 def build_loss_from_config(lc: LossConfig):
-    """``instembed.losses.build_loss(lc.name, **lc.params)``."""
+    """``instembed.losses.build_loss(lc.name, **lc.params)``, plus ``lc.extra`` losses summed."""
     from instembed.losses import build_loss
 
-    return build_loss(lc.name, **lc.params)
+    main = build_loss(lc.name, **lc.params)
+    if not lc.extra:
+        return main
+    parts = [(lc.name, 1.0, main)]
+    for i, entry in enumerate(lc.extra):
+        unknown = set(entry) - {"name", "weight", "params"}
+        if "name" not in entry or unknown:
+            raise ValueError(
+                f"loss.extra[{i}]: expected keys name, weight, params; got {sorted(entry)}"
+            )
+        parts.append(
+            (
+                str(entry["name"]),
+                float(entry.get("weight", 1.0)),
+                build_loss(entry["name"], **dict(entry.get("params") or {})),
+            )
+        )
+    return CompositeLoss(parts)
+
+
+# parameters of ClusterConfig.params consumed here, not by the clusterer
+ENGINE_CLUSTER_PARAMS = ("foreground_classes", "stuff_classes")
 
 
 def cluster_outputs(outputs, cc: ClusterConfig):
     """Cluster the outputs of ONE image (batch dimension 1) with the configured method.
 
-    Returns the clusterer's ``ClusterResult`` (``labels`` (H, W) int64, ``scores`` (N,),
-    optional ``classes`` (N,)).
+    ``foreground_classes`` in ``cc.params``: the foreground is the pixels whose semantic argmax
+    is one of them (models with a semantic head). Returns the clusterer's ``ClusterResult``
+    (``labels`` (H, W) int64, ``scores`` (N,), optional ``classes`` (N,)).
     """
     from instembed.cluster import cluster_embeddings
 
-    return cluster_embeddings(outputs, cc.method, **cc.params)
+    params = {k: v for k, v in cc.params.items() if k not in ENGINE_CLUSTER_PARAMS}
+    foreground = None
+    fg_classes = cc.params.get("foreground_classes")
+    if fg_classes is not None:
+        if outputs.semantic is None:
+            raise ValueError("cluster.params.foreground_classes needs a model with a semantic head")
+        sem = outputs.semantic[0].argmax(0)
+        foreground = torch.isin(sem, torch.as_tensor(list(fg_classes), device=sem.device))
+    return cluster_embeddings(outputs, cc.method, foreground=foreground, **params)
 
 
 # --------------------------------------------------------------------------- data

@@ -83,11 +83,18 @@ class LossConfig:
 
     name: str = "discriminative"
     params: dict[str, Any] = field(default_factory=dict)
+    # more losses added to the first: [{"name": "semantic_ce", "weight": 1.0, "params": {}}]
+    extra: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
 class ClusterConfig:
-    """Arguments of :func:`instembed.cluster.cluster_embeddings` (used for validation and predict)."""
+    """Arguments of :func:`instembed.cluster.cluster_embeddings` (used for validation and predict).
+
+    Besides the method's own parameters, ``params`` may hold ``foreground_classes`` (semantic
+    classes whose argmax pixels form the foreground, for models with a semantic head and no seed)
+    and ``stuff_classes`` (semantic classes written as stuff segments by ``predict --panoptic``).
+    """
 
     method: str = "meanshift"
     params: dict[str, Any] = field(default_factory=dict)  # method parameters (bandwidth, k, ...)
