@@ -99,7 +99,8 @@ def test_module_builds_missing_targets_and_gradcheck():
     b, tb = loss(out, {"labels": labels, **_targets(labels)})
     torch.testing.assert_close(a, b)
     assert set(ta) == {"center", "offset", "semantic"}
-    t = _targets(labels)
+    small = labels[:1, :5, :5]  # gradcheck on a 1 x 5 x 5 crop keeps the test fast
+    t = _targets(small)
 
     def fn(c, o, s):
         return center_offset_loss(
@@ -109,12 +110,14 @@ def test_module_builds_missing_targets_and_gradcheck():
             t["offset_target"].double(),
             offset_weights=t["offset_weights"],
             semantic=s,
-            semantic_target=(labels > 0).long(),
+            semantic_target=(small > 0).long(),
             semantic_weights=t["semantic_weights"],
             top_k=1.0,
         )[0]
 
-    assert torch.autograd.gradcheck(fn, (center, offset, sem))
+    crop = (slice(0, 1), slice(None), slice(0, 5), slice(0, 5))
+    leaves = [v.detach()[crop].clone().requires_grad_(True) for v in (center, offset, sem)]
+    assert torch.autograd.gradcheck(fn, tuple(leaves))
 
 
 def test_batch_pools_pixels_and_zero_instances():
@@ -169,3 +172,39 @@ def test_build_loss_error_lists_names():
         build_loss("triplet")
     with pytest.raises(TypeError, match=r"unknown options \['deltav'\] for loss 'discriminative'"):
         build_loss("discriminative", deltav=1.0)
+
+
+def targets_reference(lab, sigma):
+    """Pixel loops: heatmap = max over instances of the Gaussian at the rounded centre of mass
+    (round-half-even, as torch.round) in a window of half-width int(3 sigma + 1), offsets to
+    the unrounded centre."""
+    h, w = lab.shape
+    heat = [[0.0] * w for _ in range(h)]
+    off = [[[0.0] * w for _ in range(h)] for _ in range(2)]
+    for k in sorted(set(lab.flatten().tolist()) - {0}):
+        pts = [(y, x) for y in range(h) for x in range(w) if lab[y, x] == k]
+        cy = sum(p[0] for p in pts) / len(pts)
+        cx = sum(p[1] for p in pts) / len(pts)
+        for y, x in pts:
+            off[0][y][x], off[1][y][x] = cy - y, cx - x
+        ry, rx = round(cy), round(cx)
+        for y in range(h):
+            for x in range(w):
+                if abs(y - ry) <= int(3 * sigma + 1) and abs(x - rx) <= int(3 * sigma + 1):
+                    g = math.exp(-((y - ry) ** 2 + (x - rx) ** 2) / (2 * sigma**2))
+                    heat[y][x] = max(heat[y][x], g)
+    return torch.tensor(heat), torch.tensor(off)
+
+
+@pytest.mark.parametrize("n", [0, 1, 4])
+def test_targets_match_loop_reference_and_ignore_ids(n):
+    g = torch.Generator().manual_seed(n)
+    lab = torch.randint(0, n + 1, (9, 11), generator=g)
+    heat_ref, off_ref = targets_reference(lab.numpy(), 1.5)
+    t = build_targets("center_offset", lab, sigma=1.5)
+    torch.testing.assert_close(t["center_heatmap"][0], heat_ref)
+    torch.testing.assert_close(t["offset_target"], off_ref)
+    perm = torch.tensor([0, 3, 4, 1, 2])[: n + 1] if n == 4 else torch.arange(n + 1)
+    t2 = build_targets("center_offset", perm[lab] * 7, sigma=1.5)  # other ids, same instances
+    for k in t:
+        torch.testing.assert_close(t[k], t2[k])

@@ -6,7 +6,8 @@ H, W as its last two dims, so ``collate`` stacks them into (B, ...). Names:
 * ``"center_offset"`` (Panoptic-DeepLab, Cheng et al. 2020):
 
   - ``center_heatmap`` (1, H, W) float: max over instances of a 2-D Gaussian of std ``sigma``
-    (default 8 px) with peak 1 at the instance's centre of mass rounded to the nearest pixel;
+    (default 8 px) with peak 1 at the instance's centre of mass rounded to the nearest pixel,
+    truncated to a window of half-width int(3 sigma + 1) (6 sigma + 3 px, as Panoptic-DeepLab);
   - ``offset_target`` (2, H, W) float: (dy, dx) from each instance pixel to the (unrounded)
     centre of mass, 0 elsewhere;
   - ``offset_weights`` (H, W) float: 1 on instance pixels, 0 elsewhere and on ignored pixels;
@@ -50,7 +51,7 @@ def center_offset_targets(
     sem_w = torch.ones(h, w, device=dev)
     ys = torch.arange(h, device=dev, dtype=torch.float32)
     xs = torch.arange(w, device=dev, dtype=torch.float32)
-    radius = int(np.ceil(3 * sigma))
+    radius = int(3 * sigma + 1)  # window of 6 sigma + 3 px, as Panoptic-DeepLab
     for k in torch.unique(lab):
         if k == 0:
             continue
