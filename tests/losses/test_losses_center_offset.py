@@ -208,3 +208,21 @@ def test_targets_match_loop_reference_and_ignore_ids(n):
     t2 = build_targets("center_offset", perm[lab] * 7, sigma=1.5)  # other ids, same instances
     for k in t:
         torch.testing.assert_close(t[k], t2[k])
+
+
+def test_module_zeroes_weights_of_ignored_pixels():
+    # targets built without the ignore mask (as the data stage does); the module must still
+    # drop ignored pixels: a centre error only at an ignored pixel costs nothing.
+    labels = torch.zeros(1, 6, 6, dtype=torch.long)
+    labels[0, 1:4, 1:4] = 1
+    t = _targets(labels)
+    center = t["center_heatmap"].clone()
+    center[0, 0, 5, 5] += 1.0
+    ignore = torch.zeros(1, 6, 6, dtype=torch.bool)
+    ignore[0, 5, 5] = True
+    out = Outputs(center=center, offset=t["offset_target"].clone())
+    loss = build_loss("center_offset")
+    total, _ = loss(out, {"labels": labels, "ignore": ignore, **t})
+    assert total.item() == 0.0
+    total, terms = loss(out, {"labels": labels, **t})
+    assert terms["center"].item() == pytest.approx(1 / 36)

@@ -13,6 +13,7 @@ Sums run over all pixels of the batch (as the reference implementation pools the
 value is the mean of single-image values weighted by their numbers of weighted pixels.
 Targets come from ``losses.targets.build_targets("center_offset", labels)`` in the data stage;
 when the batch lacks them, :class:`CenterOffsetLoss` builds them from ``batch["labels"]``.
+Pixels in ``batch["ignore"]`` get centre and offset weight 0 (and semantic target void).
 """
 
 from __future__ import annotations
@@ -117,6 +118,10 @@ class CenterOffsetLoss(nn.Module):
                 for i in range(batch["labels"].shape[0])
             ]
             tg = {k: torch.stack([p[k] for p in per]) for k in TARGET_KEYS}
+        if batch.get("ignore") is not None:  # ignored pixels weigh 0 however targets were built
+            keep = (~batch["ignore"].bool()).to(tg["center_weights"].dtype)
+            tg = {**tg, "center_weights": tg["center_weights"] * keep}
+            tg["offset_weights"] = tg["offset_weights"] * keep
         dt = outputs.center.dtype
         ign = self.params.get("ignore_index", IGNORE_INDEX)
         return center_offset_loss(
