@@ -1,0 +1,338 @@
+"""Train, validate and ship one of instembed's pretrained models on a recorded train/val split.
+
+    python benchmarks/train_pretrained.py configs/pretrained/bbbc039-nuclei.yaml \
+        --name bbbc039-nuclei --dataset bbbc039 --out runs/bbbc039-nuclei [--ship]
+
+What it does, in order:
+
+1. reads the run config (``instembed.engine.config.load_config``; ``-o key=value`` overrides);
+2. builds the engine's :class:`~instembed.engine.trainer.Trainer`, then gives it the recorded
+   split of :mod:`instembed.data.splits` (``data.path`` read with ``open_dataset``, training
+   samples preloaded in memory, validation = the recorded val ids) instead of the config's
+   ``val_fraction`` split;
+3. trains (``Trainer.fit``; the best checkpoint by ``run.best_metric`` on the val split);
+4. tunes the clusterer's thresholds on the val split (a small grid, picked by AP_dsb@0.5 -- the
+   only data looked at are the val images) and evaluates the chosen setting on the val split;
+5. with ``--ship``: writes ``src/instembed/pretrained/<name>.pt`` (weights + the
+   resolved config, an instembed checkpoint readable with ``torch.load(weights_only=True)``),
+   ``<name>.json`` (sha256 of the .pt, config, split, metrics, training time, machine) and
+   prints one JSON line with the validation metrics.
+
+Training on CPU here: see docs/pretrained.md for the recipes and the measured times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import itertools
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from instembed.data.dataset import InstanceDataset
+from instembed.data.readers import open_dataset
+from instembed.data.splits import SEED, VAL_FRACTION, split_dataset
+from instembed.engine import checkpoint as ck
+from instembed.engine.build import train_transform
+from instembed.engine.config import config_to_dict, config_to_yaml, load_config
+from instembed.engine.trainer import Trainer
+
+REPO = Path(__file__).resolve().parents[1]
+PRETRAINED = REPO / "src" / "instembed" / "pretrained"
+METRICS = ("AP_dsb@0.5", "AP", "AP50", "AP75", "SBD", "absDiC", "PQ")
+
+# clustering thresholds tried on the val split (per method); picked by AP_dsb@0.5
+GRIDS = {
+    "seeded": {"fg_thresh": [0.4, 0.5, 0.6], "seed_thresh": [0.5, 0.7, 0.9]},
+    "center_offset": {"center_thresh": [0.1, 0.2, 0.3]},
+}
+
+log = logging.getLogger("train_pretrained")
+
+
+def data_root() -> Path:
+    return Path(os.environ.get("INSTEMBED_DATA", REPO.parent / "shared" / "data"))
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def machine() -> str:
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} thread(s)"
+
+
+@torch.no_grad()
+def network_outputs(model, samples) -> list:
+    """Outputs (batch 1, CPU float32) of ``model`` on each sample's whole image."""
+    model.eval()
+    outs = []
+    for s in samples:
+        x = torch.from_numpy(np.ascontiguousarray(s.image, np.float32))[None]
+        outs.append(model(x).map(lambda t: t.float()))
+    return outs
+
+
+def evaluate_outputs(outputs, samples, cluster) -> dict[str, float]:
+    """InstanceEvaluator summary of the clustered ``outputs`` against the samples' ground truth
+    (label images, or mask stacks for overlapping objects; ignore masks honoured)."""
+    from instembed.engine.build import cluster_outputs
+    from instembed.metrics import InstanceEvaluator
+
+    ev = InstanceEvaluator()
+    for out, s in zip(outputs, samples):
+        res = cluster_outputs(out, cluster)
+        scores = None if res.scores is None else res.scores.numpy()
+        ev.add(s.instances, res.labels.numpy(), scores=scores, ignore=s.ignore)
+    summary = ev.summary()
+    return {k: float(v) for k, v in summary.items() if isinstance(v, int | float | np.number)}
+
+
+def tune_cluster(model, samples, cfg) -> tuple[dict, dict[str, float], list[dict]]:
+    """Grid over the clusterer's thresholds on the val split; best by AP_dsb@0.5 (ties: COCO AP).
+
+    The network runs once per image; only the clustering is repeated per setting."""
+    outputs = network_outputs(model, samples)
+    grid = GRIDS.get(cfg.cluster.method, {})
+    keys = sorted(grid)
+    rows = []
+    best: tuple | None = None
+    for values in itertools.product(*(grid[k] for k in keys)) if keys else [()]:
+        params = dict(zip(keys, values))
+        cluster = dataclasses.replace(cfg.cluster, params={**cfg.cluster.params, **params})
+        m = evaluate_outputs(outputs, samples, cluster)
+        rows.append({"params": params, **{k: m.get(k) for k in METRICS}})
+        log.info("cluster %s: %s", params, {k: round(m.get(k, float("nan")), 4) for k in METRICS})
+        key = (m["AP_dsb@0.5"], m["AP"])
+        if best is None or key > best[0]:
+            best = (key, params, m)
+    assert best is not None
+    return best[1], best[2], rows
+
+
+CARD_DATA = {
+    "bbbc039": (
+        "BBBC039 v1 (Caicedo et al. 2019), U2OS nuclei, Hoechst fluorescence, 520 x 696, 16-bit; "
+        "CC0. Shared copy: 150 of the 200 images (the other 50 are a held-out test split)."
+    ),
+    "dsb2018": (
+        "DSB2018 / BBBC038 stage1_train (Caicedo et al. 2019), nuclei across looks (dark "
+        "fluorescence, bright-field, H&E-like colour), 256 x 256 to 1040 x 1388; CC0. Shared "
+        "copy: 173 of the 664 images (100 others are a held-out test split)."
+    ),
+    "bbbc010": (
+        "BBBC010 v1 (Ljosa et al. 2012; per-worm masks of Wahlby et al. 2012), C. elegans "
+        "bright-field (channel w2), 520 x 696, 16-bit; one binary mask per worm, worms overlap. "
+        "Shared copy: 50 of the 97 wells with images (the other 47 are a held-out test split). "
+        "License not verified here (see the data's SOURCE.md)."
+    ),
+}
+
+
+def write_card(name: str) -> Path:
+    """Write ``pretrained/<name>.md`` (the model card) from ``pretrained/<name>.json``."""
+    info = json.loads((PRETRAINED / f"{name}.json").read_text())
+    cfg = info["config"]
+    m = info["val_metrics"]
+    split = info["split"]
+    model = cfg["model"]
+    n_params = info.get("n_params")
+    if n_params is None:  # count the learned tensors of the shipped state dict
+        state = ck.load_checkpoint(PRETRAINED / f"{name}.pt")["model"]
+        n_params = sum(
+            v.numel()
+            for k, v in state.items()
+            if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+        )
+    lines = [
+        f"# {name}",
+        "",
+        f"Use: `instembed predict --model {name} IMAGES... --out DIR` (writes `<stem>.tif` label "
+        "images; input normalised with 1/99.8 percentiles, colour averaged to gray).",
+        "",
+        "## Data and split",
+        "",
+        CARD_DATA[info["dataset"]],
+        "",
+        f"Split: `instembed.data.splits` (sorted ids, `numpy.random.default_rng({split['seed']})` "
+        f"permutation, {int(split['val_fraction'] * 100)} % validation): "
+        f"{split['n_train']} train / {split['n_val']} val images. The model, its recipe and the "
+        "clustering thresholds were chosen on the val images only; the held-out test images "
+        "were never seen.",
+        "",
+        "## Recipe",
+        "",
+        f"- network: `{model['name']}` {model['params']}, heads {model['heads']}, "
+        f"semi-convolutional (coord_scale {model['coord_scale']})"
+        + (f", {n_params:,} parameters" if n_params else ""),
+        f"- loss: `{cfg['loss']['name']}` {cfg['loss']['params']} (spatial embeddings, Neven et "
+        "al. 2019: learnable bandwidth, Lovasz hinge, seed regression)",
+        f"- data: crops/augmentation {cfg['data']['augment']}, flips + rot90, batch "
+        f"{cfg['data']['batch_size']}, reader {cfg['data']['reader_params']}",
+        f"- optimiser: {cfg['optim']['optimizer']} lr {cfg['optim']['lr']}, "
+        f"{cfg['optim']['schedule']} schedule, {cfg['run']['steps']} steps planned, "
+        f"{info['steps']} done; checkpoint of step {info['best_step']} kept (best val "
+        f"{cfg['run']['best_metric']} on {cfg['run']['max_val_images']} val images)",
+        f"- clustering: `{info['cluster']['method']}` {info['cluster']['params']} (thresholds "
+        "picked by AP_dsb@0.5 on the val split)",
+        f"- training time: {info['train_seconds'] / 60:.1f} min on {info['machine']} "
+        "(2 shared CPU cores, no GPU; other jobs were running)",
+        "",
+        "## Validation metrics (val split, whole images)",
+        "",
+        "| AP_dsb@0.5 | COCO AP | AP50 | AP75 | SBD | abs DiC | PQ |",
+        "|---|---|---|---|---|---|---|",
+        "| "
+        + " | ".join(
+            f"{m[k]:.3f}" if k != "absDiC" else f"{m[k]:.2f}"
+            for k in ("AP_dsb@0.5", "AP", "AP50", "AP75", "SBD", "absDiC", "PQ")
+        )
+        + " |",
+        "",
+        "Literature reference points (other splits, other test sets; not comparable one to one): "
+        "EmbedSeg reports AP_dsb@0.5 = 0.966 on BBBC010 (50/50 split) and 0.887 on DSB2018.",
+        "",
+        f"Reproduce: `python benchmarks/train_pretrained.py configs/pretrained/{name}.yaml "
+        f"--name {name} --dataset {info['dataset']} --out runs/{name} --threads 1 --ship`",
+        "",
+        f"sha256 of `{name}.pt`: `{info['sha256']}`",
+        "",
+    ]
+    path = PRETRAINED / f"{name}.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def load_split(cfg, dataset: str) -> tuple[list, list]:
+    """(train samples, val samples) of ``cfg.data.path`` under the recorded split of
+    ``dataset``, decoded into memory once (the reader options of ``cfg.data`` apply)."""
+    reader = open_dataset(cfg.data.path, format=cfg.data.format, **cfg.data.reader_params)
+    train_view, val_view = split_dataset(reader, dataset)
+    t0 = time.perf_counter()
+    train_samples = [train_view[i] for i in range(len(train_view))]
+    val_samples = [val_view[i] for i in range(len(val_view))]
+    log.info(
+        "%s: %d train / %d val samples loaded in %.1f s",
+        dataset,
+        len(train_samples),
+        len(val_samples),
+        time.perf_counter() - t0,
+    )
+    return train_samples, val_samples
+
+
+def train_on_split(cfg, out, train_samples, val_samples, time_limit: float | None = None):
+    """Train with the engine's Trainer on the given samples (augmented as ``cfg.data`` says,
+    validated on ``val_samples``); returns (trainer, FitResult, training seconds)."""
+    trainer = Trainer(cfg, out)
+    trainer.train_set = InstanceDataset(
+        train_samples, transform=train_transform(cfg.data), targets=tuple(cfg.data.targets)
+    )
+    trainer.val_samples = val_samples
+    t0 = time.perf_counter()
+    result = trainer.fit(time_limit_s=time_limit)
+    train_s = time.perf_counter() - t0
+    trainer.close()
+    log.info("trained %d steps in %.0f s (%s)", result.step, train_s, result.status)
+    return trainer, result, train_s
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv and argv[0] == "--card":  # only (re)write the model card of a shipped model
+        for name in argv[1:]:
+            print(write_card(name))
+        return 0
+    ap.add_argument("config", help="run config YAML (configs/pretrained/<name>.yaml)")
+    ap.add_argument("--name", required=True, help="pretrained model name, e.g. bbbc039-nuclei")
+    ap.add_argument("--dataset", required=True, choices=("bbbc039", "bbbc010", "dsb2018"))
+    ap.add_argument("--out", required=True, help="run folder (checkpoints, logs)")
+    ap.add_argument("--data-root", default=None, help="folder holding the data sets")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads")
+    ap.add_argument("--time-limit", type=float, default=None, help="stop training after S s")
+    ap.add_argument("--ship", action="store_true", help="write src/instembed/pretrained/<name>.*")
+    ap.add_argument("-o", "--override", action="append", default=[], help="key=value override")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    root = Path(args.data_root) if args.data_root else data_root()
+    path = root / args.dataset
+    cfg = load_config(args.config, [*args.override, f"data.path={path}"])
+    train_samples, val_samples = load_split(cfg, args.dataset)
+    trainer, result, train_s = train_on_split(
+        cfg, args.out, train_samples, val_samples, args.time_limit
+    )
+
+    best_path = Path(args.out) / (
+        "best.pt" if (Path(args.out) / "best.pt").is_file() else "last.pt"
+    )
+    state = ck.load_checkpoint(best_path)
+    model = trainer.model
+    ck.load_model_state(model, state["model"], source=str(best_path))
+    model.eval()
+    chosen, metrics, rows = tune_cluster(model, val_samples, cfg)
+    cfg.cluster.params.update(chosen)
+    summary = {
+        "name": args.name,
+        "dataset": args.dataset,
+        "split": {
+            "module": "instembed.data.splits",
+            "seed": SEED,
+            "val_fraction": VAL_FRACTION,
+            "n_train": len(train_samples),
+            "n_val": len(val_samples),
+        },
+        "steps": result.step,
+        "best_step": (state.get("best") or {}).get("step", result.step),
+        "train_seconds": round(train_s, 1),
+        "machine": machine(),
+        "cluster": {"method": cfg.cluster.method, "params": cfg.cluster.params},
+        "cluster_grid": rows,
+        "val_metrics": {k: metrics.get(k) for k in METRICS},
+        "val_metrics_all": {k: v for k, v in metrics.items()},
+    }
+    Path(args.out, "summary.json").write_text(json.dumps(summary, indent=1))
+    if args.ship:
+        PRETRAINED.mkdir(parents=True, exist_ok=True)
+        weights = PRETRAINED / f"{args.name}.pt"
+        ck.save_checkpoint(
+            weights,
+            model_state=model.state_dict(),
+            config_yaml=config_to_yaml(cfg),
+            step=summary["best_step"],
+            metrics={k: float(v) for k, v in metrics.items()},
+        )
+        card = {"name": args.name, "sha256": sha256_file(weights), "config": config_to_dict(cfg)}
+        card.update({k: v for k, v in summary.items() if k not in ("name", "cluster_grid")})
+        card.pop("val_metrics_all")
+        card["n_params"] = sum(p.numel() for p in model.parameters())
+        (PRETRAINED / f"{args.name}.json").write_text(json.dumps(card, indent=1) + "\n")
+        write_card(args.name)
+        log.info("shipped %s (%.1f MB)", weights, weights.stat().st_size / 2**20)
+    print(
+        json.dumps(
+            {"name": args.name, **summary["val_metrics"], "train_s": summary["train_seconds"]}
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
