@@ -1,0 +1,241 @@
+"""Collect the JSON results of the reproduction benchmarks into ``benchmarks/RESULTS.md``.
+
+    python benchmarks/collect_results.py [--results benchmarks/results] [--out benchmarks/RESULTS.md]
+
+Reads ``results/repro_*.json`` (written by ``benchmarks/repro_*.py``) and the model cards
+``src/instembed/pretrained/*.json`` (written by ``benchmarks/train_pretrained.py``); every table
+names the script (with its mode) and the config that produced its numbers. Missing results are
+listed as "not run" with the command that produces them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+PRETRAINED = REPO / "src" / "instembed" / "pretrained"
+
+
+def fmt(v, digits: int = 3) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def table(header: list[str], rows: list[list]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(fmt(c) for c in r) + " |" for r in rows]
+    return out
+
+
+def load(results: Path, name: str) -> dict | None:
+    path = results / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def section_pretrained() -> list[str]:
+    lines = ["## Pretrained models (val split of `instembed.data.splits`)", ""]
+    cards = sorted(PRETRAINED.glob("*.json"))
+    if not cards:
+        return lines + ["not built yet: `python benchmarks/train_pretrained.py ... --ship`", ""]
+    rows = []
+    for c in cards:
+        info = json.loads(c.read_text())
+        m = info["val_metrics"]
+        rows.append(
+            [
+                f"`{info['name']}`",
+                f"{info['split']['n_train']}/{info['split']['n_val']}",
+                m["AP_dsb@0.5"],
+                m["AP"],
+                m["SBD"],
+                fmt(m["absDiC"], 2),
+                info["steps"],
+                f"{info['train_seconds'] / 60:.0f} min",
+                f"`configs/pretrained/{info['name']}.yaml`",
+            ]
+        )
+    lines += table(
+        [
+            "model",
+            "train/val",
+            "AP_dsb@0.5",
+            "COCO AP",
+            "SBD",
+            "abs DiC",
+            "steps",
+            "training",
+            "config",
+        ],
+        rows,
+    )
+    lines += [
+        "",
+        "Script: `benchmarks/train_pretrained.py CONFIG --name NAME --dataset DATASET --ship` (model cards: "
+        "`src/instembed/pretrained/<name>.md`). Clustering thresholds tuned on the same val images "
+        "(the val numbers are therefore slightly optimistic). Literature, other splits and test sets: "
+        "EmbedSeg AP_dsb@0.5 = 0.966 on BBBC010 (50/50 split), 0.887 on DSB2018.",
+        "",
+    ]
+    return lines
+
+
+def section_coloring(results: Path) -> list[str]:
+    lines = ["## Coloring dilemma (Novotny et al. 2018, Fig. 3)", ""]
+    r = load(results, "repro_coloring")
+    if r is None:
+        return lines + ["not run: `python benchmarks/repro_coloring.py --quick`", ""]
+    rows = [[k, m["ARI"], m["AP"], m["AP50"]] for k, m in r["metrics"].items()]
+    lines += table(["embedding", "ARI (fg pixels)", "COCO AP", "AP50"], rows)
+    p = r["protocol"]
+    lines += [
+        "",
+        f"Script: `{r['script']}` ({r['seconds']:.0f} s, {r['threads']} thread(s)); config: "
+        "`instembed.engine.demo.demo_config` (stored in the JSON), "
+        f"{p['steps']} steps per model, {p['n_test']} unseen {p['test_size'][0]}x{p['test_size'][1]} "
+        f"grids, {p['clustering']}.",
+        "",
+        f"![segmentation](results/{r['figures'][0]}) ![embedding space](results/{r['figures'][1]})",
+        "",
+    ]
+    return lines
+
+
+def section_methods(results: Path, task: str, dataset: str, title: str) -> list[str]:
+    lines = [f"## {title}", ""]
+    r = load(results, f"repro_{task}_{dataset}")
+    if r is None:
+        return lines + [
+            f"not run: `python benchmarks/repro_methods.py --task {task} --dataset {dataset} --quick`",
+            "",
+        ]
+    keys = ["AP_dsb@0.5", "AP", "AP50", "AP75", "SBD", "absDiC", "PQ"]
+    rows = [[x["method"], *[x[k] for k in keys], x["steps"], x["n_val_images"]] for x in r["rows"]]
+    lines += table(["method", *keys, "steps", "val images"], rows)
+    lines += [
+        "",
+        f"Script: `{r['script']}` ({r['mode']} mode, {r['seconds'] / 60:.0f} min, {r['threads']} "
+        f"thread(s)); base config `{r['base_config']}` with the per-method sections of "
+        "`benchmarks/repro_methods.py` (full resolved configs in the JSON).",
+        "",
+    ]
+    return lines
+
+
+def section_clustering(results: Path) -> list[str]:
+    lines = ["## Clustering ablation (De Brabandere et al. 2017, Table 2 analogue)", ""]
+    r = load(results, "repro_clustering")
+    if r is None:
+        return lines + ["not run: `python benchmarks/repro_clustering.py --quick`", ""]
+    keys = ["AP_dsb@0.5", "AP", "SBD", "absDiC"]
+    rows = [
+        [
+            x["model"],
+            x["clustering"],
+            x["foreground"],
+            *[x[k] for k in keys],
+            x["cluster_s_per_image"],
+        ]
+        for x in r["rows"]
+    ]
+    lines += table(["model", "clustering", "foreground", *keys, "s / image"], rows)
+    lines += [
+        "",
+        f"Script: `{r['script']}` ({r['mode']} mode); models: the shipped pretrained models and "
+        "their configs; mean-shift bandwidth / threshold radius = 1.18 x median predicted sigma.",
+        "",
+    ]
+    return lines
+
+
+def section_speed(results: Path) -> list[str]:
+    lines = ["## Speed / accuracy by backbone (De Brabandere et al. 2017, Table 3 analogue)", ""]
+    r = load(results, "repro_speed")
+    if r is None:
+        return lines + ["not run: `python benchmarks/repro_speed.py --quick`", ""]
+    rows = [
+        [
+            x["backbone"],
+            x["params"],
+            f"{x['size']}x{x['size']}",
+            x["images_per_s"],
+            x["peak_mb"],
+            x.get("AP_dsb@0.5"),
+        ]
+        for x in r["rows"]
+    ]
+    lines += table(["backbone", "parameters", "input", "images/s", "peak MB", "AP_dsb@0.5"], rows)
+    lines += ["", f"Script: `{r['script']}` ({r['threads']} thread(s)). {r.get('note', '')}", ""]
+    return lines
+
+
+PEER = """## Peer: EmbedSeg (PyPI `embedseg` 0.2.5)
+
+Not run beside ours. Checked in this session (`pip download --no-deps embedseg==0.2.5`,
+`pip install --dry-run embedseg==0.2.5`):
+
+* it would not pull a new torch (torch is not among its requirements), but it pulls jupyter,
+  numba, pandas, seaborn and ~60 other packages;
+* the wheel is broken as a package: its modules (`train.py`, `test.py`, `criterions/`,
+  `datasets/`, `models/`, `utils/`) sit at the top level of the wheel, not inside an
+  `EmbedSeg/` folder, while the code imports `from EmbedSeg.criterions import ...`, so
+  `import EmbedSeg` fails after installation (and it would shadow any top-level `utils` / `test`
+  module);
+* re-packed by hand into an `EmbedSeg/` folder, `EmbedSeg.test` still fails at import on this
+  machine's libraries: `from tifffile import imsave` (removed from tifffile; 2026.3.3 here), and
+  pandas is needed even for training.
+
+A fair peer run (its training on our split with the same CPU budget) would need a patched copy
+of its code; we did not patch a peer. The clustering step of EmbedSeg, which imports on its own,
+is compared with ours in `benchmarks/cluster_speed.py` (docs/cluster.md).
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--results", default=str(HERE / "results"))
+    ap.add_argument("--out", default=str(HERE / "RESULTS.md"))
+    args = ap.parse_args(argv)
+    results = Path(args.results)
+    lines = [
+        "# Reproduction results",
+        "",
+        "Generated by `python benchmarks/collect_results.py` from `benchmarks/results/*.json` and "
+        "`src/instembed/pretrained/*.json`; do not edit by hand. Machine: 2 CPU cores shared with "
+        "other jobs, no GPU; `--quick` runs are CI-sized and far from converged, so compare "
+        "methods within one table only.",
+        "",
+    ]
+    lines += section_pretrained()
+    lines += section_coloring(results)
+    lines += section_methods(results, "nuclei", "bbbc039", "Nuclei: method comparison on BBBC039")
+    lines += section_methods(results, "nuclei", "dsb2018", "Nuclei: method comparison on DSB2018")
+    lines += section_methods(
+        results,
+        "worms",
+        "bbbc010",
+        "Worms: conv vs semi-conv vs spatial embeddings on BBBC010 (Novotny et al. Table 1 setting)",
+    )
+    lines += section_clustering(results)
+    lines += section_speed(results)
+    lines += [
+        "## Leaves (CVPPP A1)",
+        "",
+        "Not run here: the CVPPP data cannot be shipped, and no time was left in this session for "
+        "the synthetic-rosette stand-in.",
+        "",
+    ]
+    lines += [PEER]
+    Path(args.out).write_text("\n".join(lines))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
