@@ -180,20 +180,176 @@ def guaranteed_radius(centers: Tensor, scale: Tensor | None = None) -> Tensor:
     return bound.min(1).values * (1.0 - 1e-4)
 
 
-def _block_distance(
-    emb: Tensor, cen: Tensor, sc_rows: Tensor | None, rows: int, group: int
-) -> Tensor:
-    """Squared (scaled) distance of each pixel of ``emb`` (D, rows*group, W) to the centre of its
-    block row ``cen`` (D, rows, W), broadcast over the ``group`` image rows of each block row."""
-    d, _, w = emb.shape
-    acc = torch.zeros(rows, group, w, dtype=emb.dtype, device=emb.device)
-    for j in range(d):
-        diff = emb[j].reshape(rows, group, w) - cen[j].reshape(rows, 1, w)
-        if sc_rows is None:
-            acc.addcmul_(diff, diff)
-        else:
-            acc.addcmul_(diff * sc_rows[j].reshape(rows, 1, w), diff)
-    return acc.reshape(rows * group, w)
+def _euclid_sq(points: Tensor, centers_t: Tensor, index: Tensor) -> Tensor:
+    """(N,) squared Euclidean distance of points (D, N) to centres (D, K) chosen by index (N,)."""
+    diff = points - centers_t.index_select(1, index)
+    return diff.mul_(diff).sum(0)
+
+
+def _refine(
+    embedding: Tensor,
+    foreground: Tensor,
+    glab: Tensor,
+    centers: Tensor,
+    sc: Tensor,
+    radius2: Tensor,
+    stride: int,
+    need_q2: bool,
+    chunk_pixels: int,
+    chunk_elements: int,
+) -> tuple[Tensor, Tensor]:
+    """Exact nearest centre of every foreground pixel of ``embedding`` (D, H, W), given the exact
+    labels ``glab`` (gh, gw) (-1 = background) of its grid ``[::stride, ::stride]``.
+
+    1. every pixel tries the label of the grid pixel at the top-left of its block, certified by
+       the guaranteed radius; computed in chunks of block rows of about ``chunk_pixels`` pixels
+       (cache-sized temporaries);
+    2. the pixels that fail try the other three corners of their block (on the compacted list
+       of failed pixels, one candidate each);
+    3. the rest are compared with every centre (:func:`_brute`).
+
+    Returns index (H, W) int64 (-1 outside the foreground) and, when ``need_q2``, q2 (H, W) the
+    squared scaled distance to the chosen centre (else an empty tensor).
+    """
+    d, h, w = embedding.shape
+    gh, gw = glab.shape[0], glab.shape[1]
+    dev = embedding.device
+    centers_t = centers.t().contiguous()  # (D, K)
+    unit = bool((sc == 1).all().item())
+    per_dim = sc.shape[1] > 1
+    sc_t = sc.t().contiguous()  # (S, K)
+    guess_rows = glab.repeat_interleave(stride, dim=1)[:, :w]  # (gh, W)
+    has_guess = guess_rows >= 0
+    g_rows = guess_rows.clamp(min=0)
+    # a background guess never certifies: radius^2 = -1 < any r^2
+    rad_rows = torch.where(
+        has_guess,
+        radius2.index_select(0, g_rows.reshape(-1)).reshape(gh, w),
+        torch.full((gh, w), -1.0, dtype=embedding.dtype, device=dev),
+    )
+    index = torch.empty((h, w), dtype=torch.long, device=dev)
+    q2 = torch.zeros((h, w) if need_q2 else (0, 0), dtype=embedding.dtype, device=dev)
+    minus_one = torch.full((1, 1, 1), -1, dtype=torch.long, device=dev)
+    full = h // stride
+    step = max(1, chunk_pixels // (stride * w))
+    parts: list[tuple[int, int, int]] = []
+    for b0 in range(0, full, step):
+        parts.append((b0, min(full, b0 + step), stride))
+    if full < gh:
+        parts.append((full, gh, h - full * stride))
+    failed: list[Tensor] = []
+    for b0, b1, group in parts:
+        nb = b1 - b0
+        r0 = b0 * stride
+        r1 = r0 + nb * group
+        g = g_rows[b0:b1]
+        gf = g.reshape(-1)
+        cen = centers_t.index_select(1, gf).reshape(d, nb, 1, w)
+        emb = embedding[:, r0:r1].reshape(d, nb, group, w)
+        # one dimension at a time: the (nb, group, W) temporaries stay in cache
+        r2 = torch.zeros((nb, group, w), dtype=embedding.dtype, device=dev)
+        qq = r2
+        if need_q2 and per_dim:
+            qq = torch.zeros((nb, group, w), dtype=embedding.dtype, device=dev)
+        for j in range(d):
+            diff = emb[j] - cen[j]
+            r2.addcmul_(diff, diff)
+            if need_q2 and per_dim:
+                qq.addcmul_(diff * sc_t[j].index_select(0, gf).reshape(nb, 1, w), diff)
+        fg = foreground[r0:r1].reshape(nb, group, w)
+        ok = (r2 <= rad_rows[b0:b1].reshape(nb, 1, w)) & fg
+        index[r0:r1] = torch.where(ok, g.reshape(nb, 1, w), minus_one).reshape(nb * group, w)
+        if need_q2:
+            if not unit and not per_dim:
+                qq = r2 * sc_t[0].index_select(0, gf).reshape(nb, 1, w)
+            q2[r0:r1] = (qq * ok).reshape(nb * group, w)
+        failed.append((ok ^ fg).reshape(-1).nonzero().squeeze(1) + r0 * w)
+    # 2. failed foreground pixels: the other corners of their block; the nearest tried centre
+    #    (gb, at Euclidean distance^2 rb) is kept for step 3
+    flat = torch.cat(failed)
+    pts = embedding.reshape(d, -1).index_select(1, flat)
+    ys = torch.div(flat, w, rounding_mode="floor")
+    by = torch.div(ys, stride, rounding_mode="floor")
+    bx = torch.div(flat - ys * w, stride, rounding_mode="floor")
+    gb = torch.zeros_like(flat)
+    rb = torch.full(flat.shape, float("inf"), dtype=embedding.dtype, device=dev)
+    gflat = glab.reshape(-1)
+    idx_flat = index.view(-1)
+    for dy, dx in [(0, 0), (1, 0), (0, 1), (1, 1)]:
+        if flat.numel() == 0:
+            break
+        cand = gflat.index_select(0, (by + dy).clamp(max=gh - 1) * gw + (bx + dx).clamp(max=gw - 1))
+        has = cand >= 0
+        cand = cand.clamp(min=0)
+        r2c = torch.where(has, _euclid_sq(pts, centers_t, cand), rb)
+        better = r2c < rb
+        gb = torch.where(better, cand, gb)
+        rb = torch.where(better, r2c, rb)
+        if dy == 0 and dx == 0:
+            continue  # the guess of step 1, known to fail
+        ok = has & (r2c <= radius2.index_select(0, cand))
+        sel = ok.nonzero().squeeze(1)
+        if sel.numel() > 0:
+            hit = flat.index_select(0, sel)
+            hit_k = cand.index_select(0, sel)
+            idx_flat[hit] = hit_k
+            if need_q2:
+                q2.view(-1)[hit] = scaled_sq_distance(pts.index_select(1, sel), centers, hit_k, sc)
+            rest = (~ok).nonzero().squeeze(1)
+            flat = flat.index_select(0, rest)
+            pts = pts.index_select(1, rest)
+            by = by.index_select(0, rest)
+            bx = bx.index_select(0, rest)
+            gb = gb.index_select(0, rest)
+            rb = rb.index_select(0, rest)
+    # 3. the M centres nearest to the best tried centre g; certified when no other centre can be
+    #    nearer (q_k(x) >= b_min (|c_k - c_g| - r) with r = |x - c_g|, see guaranteed_radius)
+    if flat.numel() > 0 and centers.shape[0] > 2:
+        nbr, far = _neighbour_table(centers, 4)
+        b_min = sc.min().clamp(min=0.0).sqrt()
+        best_k = gb
+        best_q = scaled_sq_distance(pts, centers, gb, sc)
+        for m in range(nbr.shape[1]):
+            cand = nbr[:, m].index_select(0, gb)
+            qc = scaled_sq_distance(pts, centers, cand, sc)
+            better = (qc < best_q) | ((qc == best_q) & (cand < best_k))
+            best_k = torch.where(better, cand, best_k)
+            best_q = torch.where(better, qc, best_q)
+        slack = (far.index_select(0, gb) - rb.sqrt()).clamp(min=0.0) * b_min
+        ok = best_q * (1.0 + 1e-4) < slack * slack
+        sel = ok.nonzero().squeeze(1)
+        if sel.numel() > 0:
+            hit = flat.index_select(0, sel)
+            idx_flat[hit] = best_k.index_select(0, sel)
+            if need_q2:
+                q2.view(-1)[hit] = best_q.index_select(0, sel)
+            rest = (~ok).nonzero().squeeze(1)
+            flat = flat.index_select(0, rest)
+            pts = pts.index_select(1, rest)
+    # 4. brute force for the rest
+    if flat.numel() > 0:
+        bidx = _brute(pts, centers, sc, chunk_elements)
+        idx_flat[flat] = bidx
+        if need_q2:
+            q2.view(-1)[flat] = scaled_sq_distance(pts, centers, bidx, sc)
+    return index, q2
+
+
+def _neighbour_table(centers: Tensor, m: int) -> tuple[Tensor, Tensor]:
+    """For each centre its ``m`` nearest other centres (K, m) (fewer when K - 1 < m) and the
+    Euclidean distance to the next one (K,) (inf when there is none)."""
+    k = centers.shape[0]
+    m = min(m, k - 1)
+    diff = centers.unsqueeze(1) - centers.unsqueeze(0)
+    dist = (diff * diff).sum(2).sqrt()
+    dist = dist.masked_fill(torch.eye(k, dtype=torch.bool, device=centers.device), float("inf"))
+    order = dist.argsort(1)
+    nbr = order[:, :m]
+    if m + 1 <= k - 1:
+        far = dist.gather(1, order[:, m : m + 1]).squeeze(1)
+    else:
+        far = torch.full((k,), float("inf"), dtype=centers.dtype, device=centers.device)
+    return nbr, far
 
 
 def assign_pixels(
@@ -223,67 +379,49 @@ def assign_pixels(
         raise ValueError(f"centers must be (K >= 1, {d}), got {list(centers.shape)}")
     if foreground.shape != (h, w):
         raise ValueError(f"foreground must be ({h}, {w}), got {list(foreground.shape)}")
+    foreground = foreground.to(torch.bool)
     centers = centers.to(embedding.dtype)
     sc = expand_scale(scale, centers)
     k = centers.shape[0]
-    index = torch.full((h, w), -1, dtype=torch.long, device=embedding.device)
-    q2 = torch.zeros((h, w), dtype=embedding.dtype, device=embedding.device)
     if k == 1 or stride <= 1 or h < 2 * stride or w < 2 * stride:
+        index = torch.full((h, w), -1, dtype=torch.long, device=embedding.device)
+        q2 = torch.zeros((h, w), dtype=embedding.dtype, device=embedding.device)
         points, flat = foreground_points(embedding, foreground)
         idx = _brute(points, centers, sc, chunk_elements)
         index.view(-1)[flat] = idx
         q2.view(-1)[flat] = scaled_sq_distance(points, centers, idx, sc)
         return index, q2
-    # 1. exact labels on the coarse grid (-1 = background)
-    gfg = foreground[::stride, ::stride]
+    # a pyramid of grids (every stride^l-th row and column) down to a few thousand pixels: the
+    # coarsest is assigned by brute force, each finer one from the labels of the next coarser
+    # (integer powers by multiplication: TorchScript's int ** int is a float)
+    levels = 1
+    s_top = stride
+    while (
+        h >= 2 * s_top * stride and w >= 2 * s_top * stride and (h // s_top) * (w // s_top) > 4096
+    ):
+        levels += 1
+        s_top *= stride
+    gfg = foreground[::s_top, ::s_top]
     gh, gw = gfg.shape[0], gfg.shape[1]
-    gpts, gflat = foreground_points(embedding[:, ::stride, ::stride], gfg)
+    gpts, gflat = foreground_points(embedding[:, ::s_top, ::s_top], gfg)
     glab = torch.full((gh * gw,), -1, dtype=torch.long, device=embedding.device)
     glab[gflat] = _brute(gpts, centers, sc, chunk_elements)
-    # 2. guess of every pixel: the label of the grid pixel at the top-left of its block; one
-    #    centre per (block row, column), broadcast over the block's image rows
-    guess_rows = glab.view(gh, gw).repeat_interleave(stride, dim=1)[:, :w]  # (gh, W)
-    has_guess_rows = guess_rows >= 0
-    guess_rows = guess_rows.clamp(min=0)
-    flat_guess = guess_rows.reshape(-1)
-    cen_rows = centers.t().contiguous().index_select(1, flat_guess).reshape(d, gh, w)
-    unit = bool((sc == 1).all().item())
-    per_dim = sc.shape[1] > 1
-    sc_rows: Tensor | None = None
-    if per_dim:
-        sc_rows = sc.t().contiguous().index_select(1, flat_guess).reshape(d, gh, w)
-    radius2 = guaranteed_radius(centers, sc).square().index_select(0, flat_guess)
-    radius2 = radius2.reshape(gh, w)
-    iso_rows = sc[:, 0].contiguous().index_select(0, flat_guess).reshape(gh, w)
-    full = h // stride
-    parts: list[tuple[int, int, int]] = [(0, full, stride)]
-    if full < gh:
-        parts.append((full, gh, h - full * stride))
-    for b0, b1, group in parts:
-        r0 = b0 * stride
-        r1 = r0 + (b1 - b0) * group
-        emb = embedding[:, r0:r1]
-        rows = b1 - b0
-        r2 = _block_distance(emb, cen_rows[:, b0:b1], None, rows, group)
-        ok = foreground[r0:r1] & (
-            r2.reshape(rows, group, w) <= radius2[b0:b1].reshape(rows, 1, w)
-        ).reshape(rows * group, w)
-        ok &= has_guess_rows[b0:b1].reshape(rows, 1, w).expand(rows, group, w).reshape(-1, w)
-        g = guess_rows[b0:b1].reshape(rows, 1, w).expand(rows, group, w).reshape(-1, w)
-        index[r0:r1] = torch.where(ok, g, index[r0:r1])
-        if unit:
-            qq = r2
-        elif per_dim:
-            srow = sc_rows[:, b0:b1] if sc_rows is not None else None
-            qq = _block_distance(emb, cen_rows[:, b0:b1], srow, rows, group)
-        else:
-            qq = (r2.reshape(rows, group, w) * iso_rows[b0:b1].reshape(rows, 1, w)).reshape(-1, w)
-        q2[r0:r1] = torch.where(ok, qq, q2[r0:r1])
-    # 3. brute force for the foreground pixels whose guess is not certified
-    bad = foreground & (index < 0)
-    bpts, bflat = foreground_points(embedding, bad)
-    if bflat.numel() > 0:
-        bidx = _brute(bpts, centers, sc, chunk_elements)
-        index.view(-1)[bflat] = bidx
-        q2.view(-1)[bflat] = scaled_sq_distance(bpts, centers, bidx, sc)
-    return index, q2
+    glab = glab.reshape(gh, gw)
+    radius2 = guaranteed_radius(centers, sc).square()
+    q2 = torch.zeros(0, dtype=embedding.dtype, device=embedding.device)
+    s = s_top
+    for lev in range(levels - 1, -1, -1):
+        s = s // stride
+        glab, q2 = _refine(
+            embedding[:, ::s, ::s],
+            foreground[::s, ::s],
+            glab,
+            centers,
+            sc,
+            radius2,
+            stride,
+            lev == 0,
+            1 << 16,
+            chunk_elements,
+        )
+    return glab, q2

@@ -168,11 +168,11 @@ def cluster_embeddings(
     h, w = labels.shape
     if labels.shape != (h, w):
         raise AssertionError("clusterer returned a label image of the wrong shape")
-    if min_size > 1:
-        labels = remove_small_instances(labels, min_size)
     if do_fill:
-        labels = fill_holes(labels)
-    labels, old = relabel_sequential(labels)
+        labels = fill_holes(remove_small_instances(labels, min_size))
+        labels, old = relabel_sequential(labels)
+    else:  # minimum size and relabelling in one pass
+        labels, old = relabel_sequential(labels, min_size)
     n = old.numel()
     idx = (old - 1).clamp(min=0)
     centers = centers.index_select(0, idx) if centers.shape[0] > 0 else centers[:0]

@@ -12,18 +12,43 @@ from torch import Tensor
 SCORE_MODES = ("seed", "foreground", "product", "constant")
 
 
-def relabel_sequential(labels: Tensor) -> tuple[Tensor, Tensor]:
-    """Renumber the instances 1..N in increasing order of their old ids.
+def relabel_sequential(labels: Tensor, min_size: int = 0) -> tuple[Tensor, Tensor]:
+    """Renumber the instances 1..N in increasing order of their old ids, optionally dropping the
+    instances with fewer than ``min_size`` pixels first (same as :func:`remove_small_instances`
+    then relabelling, in one pass).
+
+    Ids up to a few times the pixel count are relabelled through a lookup table built from one
+    ``bincount`` (linear time); larger ids fall back to ``torch.unique`` (a sort).
 
     Args:
         labels: (H, W) int, 0 = background.
+        min_size: instances with fewer pixels become background (<= 1: none removed).
 
     Returns:
         new labels (H, W) int64 and old_ids (N,) (old id of new id i+1).
     """
+    flat = labels.reshape(-1).to(torch.long)
+    if flat.numel() == 0:
+        return labels.to(torch.long), torch.zeros(0, dtype=torch.long, device=labels.device)
+    lo, hi = torch.aminmax(flat)
+    lo_i, hi_i = int(lo.item()), int(hi.item())
+    if lo_i < 0:
+        raise ValueError(f"labels must be >= 0 (0 = background), found {lo_i}")
+    if hi_i > max(1 << 16, 4 * flat.numel()):
+        if min_size > 1:
+            labels = remove_small_instances(labels, min_size)
+        return _relabel_unique(labels)
+    counts = torch.bincount(flat, minlength=hi_i + 1)
+    keep = counts >= max(min_size, 1)
+    keep[0] = False
+    old_ids = keep.nonzero().squeeze(1)
+    lut = torch.zeros(hi_i + 1, dtype=torch.long, device=labels.device)
+    lut[old_ids] = torch.arange(1, old_ids.numel() + 1, dtype=torch.long, device=labels.device)
+    return lut.index_select(0, flat).reshape(labels.shape), old_ids
+
+
+def _relabel_unique(labels: Tensor) -> tuple[Tensor, Tensor]:
     ids, inverse = torch.unique(labels, return_inverse=True)
-    if ids.numel() > 0 and int(ids[0].item()) < 0:
-        raise ValueError(f"labels must be >= 0 (0 = background), found {int(ids[0].item())}")
     has_bg = ids.numel() > 0 and int(ids[0].item()) == 0
     new = inverse.reshape(labels.shape) + (0 if has_bg else 1)
     old_ids = ids[1:] if has_bg else ids
@@ -111,7 +136,8 @@ def instance_scores(
         raise ValueError(f"score mode must be one of {SCORE_MODES}, got {mode!r}")
     ones = torch.ones(n, dtype=torch.float32, device=labels.device)
     fg_mean = None
-    if foreground_prob is not None and mode in ("foreground", "product", "seed"):
+    need_fg = mode in ("foreground", "product") or (mode == "seed" and seed_scores is None)
+    if foreground_prob is not None and need_fg:
         flat = labels.reshape(-1)
         sums = torch.zeros(n + 1, dtype=torch.float64, device=labels.device)
         sums.index_add_(0, flat, foreground_prob.reshape(-1).to(torch.float64))

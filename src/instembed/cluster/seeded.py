@@ -131,20 +131,20 @@ def seeded_cluster(
         return labels, empty_scores, embedding.new_zeros((0, e))
     step = grid_step(n_fg, max_points)
     weight = step * step
-    sample, _ = grid_sample(torch.cat([embedding, sig, seed2.unsqueeze(0)], 0), fg, step)
-    pts = sample[:e]  # (E, M)
-    scale = sigma_to_scale(sample[e : e + ns], sigma_mode, kernel)  # (S, M)
-    score = sample[e + ns]  # (M,)
+    # sample each map on the grid (no full-size concatenation of the maps)
+    pts, flat = grid_sample(embedding, fg, step)  # (E, M), (M,)
+    scale = sigma_to_scale(sig.reshape(ns, -1).index_select(1, flat), sigma_mode, kernel)
+    score = seed2.reshape(-1).index_select(0, flat)  # (M,)
     m = pts.shape[1]
-    unclustered = torch.ones(m, dtype=torch.bool, device=embedding.device)
+    # seed score of the unclustered points, -inf once clustered
+    avail = score.clone()
     n_unclustered = m
     centers: list[Tensor] = []
     scales: list[Tensor] = []
     scores: list[float] = []
     while n_unclustered * weight > min_size:
-        masked = torch.where(unclustered, score, torch.full_like(score, -1.0))
-        i = int(masked.argmax().item())
-        best = float(masked[i].item())
+        i = int(avail.argmax().item())
+        best = float(avail[i].item())
         if best < seed_thresh:
             break
         c = pts[:, i]
@@ -153,21 +153,21 @@ def seeded_cluster(
         q2 = (diff * diff * s.unsqueeze(1)).sum(0)
         proposal = q2 < q2_max
         n_prop = int(proposal.sum().item())
-        if n_prop * weight > min_size:
-            # the seed counts as a new pixel (SpatialEmbeddings removes it first, which rejects
-            # every one-pixel instance)
-            n_new = int((proposal & unclustered).sum().item())
-            if n_new > new_fraction * n_prop:
-                centers.append(c)
-                scales.append(s)
-                scores.append(best)
-        unclustered[i] = False
-        unclustered &= ~proposal
-        n_unclustered = int(unclustered.sum().item())
+        # the seed is unclustered and inside its own proposal (q2 = 0), so it counts as a new
+        # pixel (SpatialEmbeddings removes it first, which rejects every one-pixel instance)
+        proposal[i] = True
+        n_new = int((proposal & (avail > float("-inf"))).sum().item())
+        if n_prop * weight > min_size and n_new > new_fraction * n_prop:
+            centers.append(c)
+            scales.append(s)
+            scores.append(best)
+        avail.masked_fill_(proposal, float("-inf"))
+        n_unclustered -= n_new
     if len(centers) == 0:
         return labels, empty_scores, embedding.new_zeros((0, e))
     cen = torch.stack(centers)  # (K, E)
     sc = torch.stack(scales)  # (K, S)
     index, q2 = assign_pixels(embedding, fg, cen, sc, stride)
-    labels = torch.where((index >= 0) & (q2 < q2_max), index + 1, labels)
+    # index -1 (background) -> label 0; pixels outside the kernel of their centre -> 0
+    labels = (index + 1).masked_fill_(~(q2 < q2_max), 0)
     return labels, torch.tensor(scores, dtype=embedding.dtype, device=embedding.device), cen

@@ -58,32 +58,40 @@ def threshold_modes(
     labels = torch.full((m,), -1, dtype=torch.long, device=points.device)
     if m == 0:
         return labels, points.new_zeros((0, points.shape[1]))
+    d = points.shape[1]
     pn = (points * points).sum(1)
-    # (D, M) copy for matrix-vector products: torch.mv on it avoids the slow vector @ matrix path
-    points_t = points.t().contiguous()
+    # (D+1, M): one contiguous row per dimension plus a row of ones, so that one matrix-vector
+    # product gives the sum and the count of the points in a ball; distances use the transposed
+    # view (the fast layout for torch's gemv with a short D)
+    points_t = torch.cat([points.t(), points.new_ones((1, m))], 0).contiguous()
+    rows = points_t[:d].t()
     r2 = delta_v * delta_v
     unassigned = torch.ones(m, dtype=torch.bool, device=points.device)
     centers: list[Tensor] = []
     k = 0
+    first = 0
     while True:
-        i = int(unassigned.to(torch.uint8).argmax().item())
+        # the first unassigned point (never before the previous seed)
+        i = first + int(unassigned[first:].to(torch.uint8).argmax().item())
         if not bool(unassigned[i].item()):
             break
+        first = i
         c = points[i]
         for _ in range(max_iter):
             # |x - c|^2 < r^2  <=>  |x|^2 - 2 x.c < r^2 - |c|^2
-            ball = torch.addmv(pn, points, c, alpha=-2.0) < (r2 - float(c.dot(c).item()))
-            cnt = ball.sum()
-            new = torch.mv(points_t, ball.to(points.dtype)) / cnt.clamp(min=1).to(points.dtype)
-            shift = float((new - c).norm().item())
+            ball = torch.addmv(pn, rows, c, alpha=-2.0) < (r2 - float(c.dot(c).item()))
+            sums = torch.mv(points_t, ball.to(points.dtype))
+            new = sums[:d] / sums[d].clamp(min=1.0)
+            shift = float(torch.dist(new, c).item())
             c = new
             if shift <= tol:
                 break
-        d2 = torch.addmv(pn, points, c, alpha=-2.0) + c.dot(c)
+        d2 = torch.addmv(pn, rows, c, alpha=-2.0) + c.dot(c)
         members = unassigned & (d2 < r2)
         members[i] = True
         labels[members] = k
-        centers.append(points[members].mean(0))
+        sums = torch.mv(points_t, members.to(points.dtype))
+        centers.append(sums[:d] / sums[d])
         unassigned &= ~members
         k += 1
     return labels, torch.stack(centers)
