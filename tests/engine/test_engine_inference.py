@@ -13,6 +13,15 @@ from instembed.engine.inference import (
 from instembed.models import Outputs, build_model
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    # tiny networks: one intra-op thread avoids spin-wait contention on a busy 2-core machine
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _unet(semiconv=True, seed=0):
     torch.manual_seed(seed)
     m = build_model(

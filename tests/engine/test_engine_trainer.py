@@ -130,6 +130,18 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
+def test_given_datasets_replace_the_config_data(tmp_path):
+    from instembed.data.dataset import InstanceDataset
+    from instembed.data.synth import make_samples
+
+    cfg = tiny_config(steps=1)
+    cfg.cluster.method = "kmeans"  # true K: quick on untrained embeddings
+    samples = make_samples("touching_cells", 3, size=(32, 32), seed=5)
+    tr = Trainer(cfg, tmp_path, train_set=InstanceDataset(samples[:2]), val_samples=samples[2:])
+    assert len(tr.train_set) == 2 and len(tr.val_samples) == 1  # not the 6 dot grids of cfg
+    assert tr.fit().step == 1
+
+
 def test_lr_schedules_by_hand():
     # poly: (1 - t)^p with t = step / total; cosine: (1 + cos(pi t)) / 2; warm-up linear
     assert lr_factor(0, 10, "poly", 0.9, 0, 0.0) == 1.0

@@ -384,10 +384,19 @@ class Trainer:
     """Train the model of ``cfg`` into ``out`` (checkpoints, ``config.yaml``, logs).
 
     ``resume=True`` continues from ``out/last.pt`` (model, optimizer, scheduler, scaler, RNG
-    states, step). Under torchrun every rank builds its own Trainer; only rank 0 writes files.
+    states, step). ``train_set`` (a dataset of item dicts, e.g. ``InstanceDataset``) and
+    ``val_samples`` (a sequence of Samples) replace the data of ``cfg.data`` when given (e.g. a
+    recorded split). Under torchrun every rank builds its own Trainer; only rank 0 writes files.
     """
 
-    def __init__(self, cfg: Config, out: str | Path, resume: bool = False) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        out: str | Path,
+        resume: bool = False,
+        train_set=None,
+        val_samples=None,
+    ) -> None:
         self.cfg = cfg
         self.out = Path(out)
         kind = (
@@ -404,7 +413,11 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
         seed_everything(cfg.run.seed)
 
-        self.train_set, self.val_samples = build_datasets(cfg)
+        if train_set is None or val_samples is None:
+            built_train, built_val = build_datasets(cfg)
+            train_set = built_train if train_set is None else train_set
+            val_samples = built_val if val_samples is None else val_samples
+        self.train_set, self.val_samples = train_set, val_samples
         if len(self.train_set) == 0:
             raise ValueError("the training set is empty")
         self.model = build_model_from_config(cfg.model).to(self.device)
