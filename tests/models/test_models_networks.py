@@ -155,3 +155,30 @@ def test_receptive_field_bounds_gradient_support(name):
     model = build_model(name, 1, heads={"embedding": 2}, norm="none", **TINY[name])
     assert _theoretical_support(model, 96) == 96
     assert model.receptive_field > 96
+
+
+def test_head_groups_make_one_decoder_each():
+    heads = {"embedding": 3, "seed": 1, "sigma": 1}
+    single = build_model("erfnet", 1, heads=heads, head_groups="single", widths=(4, 8, 16))
+    auto = build_model("erfnet", 1, heads=heads, widths=(4, 8, 16))  # ERFNet default: "auto"
+    explicit = build_model(
+        "unet", 1, heads=heads, head_groups=[("seed",), ("embedding", "sigma")], depth=1, width=2
+    )
+    assert len(single.decoders) == 1
+    assert auto.groups == [("embedding", "sigma"), ("seed",)]
+    assert explicit.groups == [("seed",), ("embedding", "sigma")]
+    out = explicit(torch.randn(1, 1, 6, 6))
+    assert out.seed.shape == (1, 1, 6, 6) and out.embedding.shape == (1, 3, 6, 6)
+    with pytest.raises(ValueError, match="every head exactly once"):
+        build_model("unet", 1, heads=heads, head_groups=[("seed",)], depth=1, width=2)
+
+
+def test_sigma_head_starts_at_sigma_init():
+    # the sigma channels' bias is log(sigma_init), so with zero weights sigma = sigma_init
+    model = build_model("unet", 1, heads={"sigma": 2}, sigma_init=0.3, depth=1, width=2)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "head.weight" in name:
+                p.zero_()
+    out = model.eval()(torch.randn(1, 1, 4, 4))
+    torch.testing.assert_close(out.sigma, torch.full((1, 2, 4, 4), 0.3))
