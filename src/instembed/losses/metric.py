@@ -72,6 +72,8 @@ def metric_loss(
         raise ValueError(f"background must be 'ignore' or 'cluster', got {background!r}")
     if num_points is not None and num_points < 2:
         raise ValueError(f"num_points must be >= 2 or None, got {num_points}")
+    if seed is not None:
+        check_spatial(seed, labels, "seed")
     b, e, h, w = embedding.shape
     flat_e = embedding.reshape(b, e, -1)
     flat_l = labels.reshape(b, -1)
@@ -120,7 +122,6 @@ def metric_loss(
     terms = {"embedding": torch.stack(emb_terms).mean()}
     total = terms["embedding"]
     if seed is not None:
-        check_spatial(seed, labels, "seed")
         terms["seed"] = torch.stack(seed_terms).mean()
         total = total + w_seed * terms["seed"]
     if semantic is not None:
