@@ -182,3 +182,29 @@ def test_sigma_head_starts_at_sigma_init():
                 p.zero_()
     out = model.eval()(torch.randn(1, 1, 4, 4))
     torch.testing.assert_close(out.sigma, torch.full((1, 2, 4, 4), 0.3))
+
+
+def _block_support(block: nn.Module, size: int = 41) -> int:
+    """Gradient support (rows) of the centre output of one block, all activations positive."""
+    with torch.no_grad():
+        for pname, p in block.named_parameters():
+            p.copy_(p.abs() + 0.01 if "weight" in pname else torch.full_like(p, 0.1))
+    block = block.double().eval()
+    ch = next(m for m in block.modules() if isinstance(m, nn.Conv2d)).in_channels
+    x = torch.ones(1, ch, size, size, dtype=torch.float64, requires_grad=True)
+    y = block(x)
+    y[0, 0, y.shape[-2] // 2, y.shape[-1] // 2].backward()
+    rows = (x.grad[0].abs().sum(0) > 0).any(1).nonzero()
+    return int(rows.max() - rows.min() + 1)
+
+
+@pytest.mark.parametrize("d", [1, 2, 4])
+def test_block_receptive_fields_used_by_the_formulas(d):
+    # ERFNet non-bottleneck-1D: a 3-tap conv then a 3-tap conv dilated by d along each axis:
+    # 1 + 2 + 2 d rows. ENet dilated bottleneck: 1x1, 3x3 dilated d, 1x1: 1 + 2 d rows.
+    from instembed.models.enet import Bottleneck
+    from instembed.models.erfnet import NonBottleneck1D
+
+    assert _block_support(NonBottleneck1D(2, 0.0, d, "none")) == 3 + 2 * d
+    assert _block_support(Bottleneck(8, "dilated", 0.0, "none", d)) == 1 + 2 * d
+    assert _block_support(Bottleneck(8, "asymmetric", 0.0, "none")) == 5
