@@ -4,7 +4,12 @@ Entry point: :func:`cluster_embeddings` (one image), :func:`cluster_batch`,
 :func:`cluster_per_class`; methods ``METHODS``. Each method is also a plain function on tensors.
 """
 
-from instembed.cluster.assign import assign_pixels, guaranteed_radius, nearest_center
+from instembed.cluster.assign import (
+    assign_labels,
+    assign_pixels,
+    guaranteed_radius,
+    nearest_center,
+)
 from instembed.cluster.center_offset import (
     center_offset_cluster,
     find_instance_centers,
@@ -30,6 +35,7 @@ __all__ = [
     "METHODS",
     "SCORE_MODES",
     "ClusterResult",
+    "assign_labels",
     "assign_pixels",
     "bin_seeds",
     "center_offset_cluster",

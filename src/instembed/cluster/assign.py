@@ -195,6 +195,8 @@ def _refine(
     radius2: Tensor,
     stride: int,
     need_q2: bool,
+    base: int,
+    max_q2: float,
     chunk_pixels: int,
     chunk_elements: int,
 ) -> tuple[Tensor, Tensor]:
@@ -206,10 +208,13 @@ def _refine(
        (cache-sized temporaries);
     2. the pixels that fail try the other three corners of their block (on the compacted list
        of failed pixels, one candidate each);
-    3. the rest are compared with every centre (:func:`_brute`).
+    3. then the few centres nearest to the best corner centre, certified by the triangle
+       inequality;
+    4. the rest are compared with every centre (:func:`_brute`).
 
-    Returns index (H, W) int64 (-1 outside the foreground) and, when ``need_q2``, q2 (H, W) the
-    squared scaled distance to the chosen centre (else an empty tensor).
+    Returns out (H, W) int64: nearest centre + ``base``, ``base - 1`` outside the foreground and
+    where the scaled q2 is not below ``max_q2``; and, when ``need_q2``, q2 (H, W) the squared
+    scaled distance to the chosen centre (0 outside the foreground; else an empty tensor).
     """
     d, h, w = embedding.shape
     gh, gw = glab.shape[0], glab.shape[1]
@@ -218,18 +223,21 @@ def _refine(
     unit = bool((sc == 1).all().item())
     per_dim = sc.shape[1] > 1
     sc_t = sc.t().contiguous()  # (S, K)
+    cut = max_q2 < float("inf")
+    want_q = need_q2 or cut
     guess_rows = glab.repeat_interleave(stride, dim=1)[:, :w]  # (gh, W)
     has_guess = guess_rows >= 0
     g_rows = guess_rows.clamp(min=0)
+    out_rows = g_rows + base
     # a background guess never certifies: radius^2 = -1 < any r^2
     rad_rows = torch.where(
         has_guess,
         radius2.index_select(0, g_rows.reshape(-1)).reshape(gh, w),
         torch.full((gh, w), -1.0, dtype=embedding.dtype, device=dev),
     )
-    index = torch.empty((h, w), dtype=torch.long, device=dev)
+    out = torch.empty((h, w), dtype=torch.long, device=dev)
     q2 = torch.zeros((h, w) if need_q2 else (0, 0), dtype=embedding.dtype, device=dev)
-    minus_one = torch.full((1, 1, 1), -1, dtype=torch.long, device=dev)
+    empty = torch.full((1, 1, 1), base - 1, dtype=torch.long, device=dev)
     full = h // stride
     step = max(1, chunk_pixels // (stride * w))
     parts: list[tuple[int, int, int]] = []
@@ -242,26 +250,27 @@ def _refine(
         nb = b1 - b0
         r0 = b0 * stride
         r1 = r0 + nb * group
-        g = g_rows[b0:b1]
-        gf = g.reshape(-1)
+        gf = g_rows[b0:b1].reshape(-1)
         cen = centers_t.index_select(1, gf).reshape(d, nb, 1, w)
         emb = embedding[:, r0:r1].reshape(d, nb, group, w)
         # one dimension at a time: the (nb, group, W) temporaries stay in cache
         r2 = torch.zeros((nb, group, w), dtype=embedding.dtype, device=dev)
         qq = r2
-        if need_q2 and per_dim:
+        if want_q and per_dim:
             qq = torch.zeros((nb, group, w), dtype=embedding.dtype, device=dev)
         for j in range(d):
             diff = emb[j] - cen[j]
             r2.addcmul_(diff, diff)
-            if need_q2 and per_dim:
+            if want_q and per_dim:
                 qq.addcmul_(diff * sc_t[j].index_select(0, gf).reshape(nb, 1, w), diff)
+        if want_q and not unit and not per_dim:
+            qq = r2 * sc_t[0].index_select(0, gf).reshape(nb, 1, w)
         fg = foreground[r0:r1].reshape(nb, group, w)
         ok = (r2 <= rad_rows[b0:b1].reshape(nb, 1, w)) & fg
-        index[r0:r1] = torch.where(ok, g.reshape(nb, 1, w), minus_one).reshape(nb * group, w)
+        keep = ok & (qq < max_q2) if cut else ok
+        res = torch.where(keep, out_rows[b0:b1].reshape(nb, 1, w), empty)
+        out[r0:r1] = res.reshape(nb * group, w)
         if need_q2:
-            if not unit and not per_dim:
-                qq = r2 * sc_t[0].index_select(0, gf).reshape(nb, 1, w)
             q2[r0:r1] = (qq * ok).reshape(nb * group, w)
         failed.append((ok ^ fg).reshape(-1).nonzero().squeeze(1) + r0 * w)
     # 2. failed foreground pixels: the other corners of their block; the nearest tried centre
@@ -274,7 +283,7 @@ def _refine(
     gb = torch.zeros_like(flat)
     rb = torch.full(flat.shape, float("inf"), dtype=embedding.dtype, device=dev)
     gflat = glab.reshape(-1)
-    idx_flat = index.view(-1)
+    out_flat = out.view(-1)
     for dy, dx in [(0, 0), (1, 0), (0, 1), (1, 1)]:
         if flat.numel() == 0:
             break
@@ -292,9 +301,10 @@ def _refine(
         if sel.numel() > 0:
             hit = flat.index_select(0, sel)
             hit_k = cand.index_select(0, sel)
-            idx_flat[hit] = hit_k
-            if need_q2:
-                q2.view(-1)[hit] = scaled_sq_distance(pts.index_select(1, sel), centers, hit_k, sc)
+            q_hit = rb  # placeholder, replaced below when the scaled distance is needed
+            if want_q:
+                q_hit = scaled_sq_distance(pts.index_select(1, sel), centers, hit_k, sc)
+            _store(out_flat, q2, hit, hit_k, q_hit, base, need_q2, cut, max_q2)
             rest = (~ok).nonzero().squeeze(1)
             flat = flat.index_select(0, rest)
             pts = pts.index_select(1, rest)
@@ -320,19 +330,45 @@ def _refine(
         sel = ok.nonzero().squeeze(1)
         if sel.numel() > 0:
             hit = flat.index_select(0, sel)
-            idx_flat[hit] = best_k.index_select(0, sel)
-            if need_q2:
-                q2.view(-1)[hit] = best_q.index_select(0, sel)
+            _store(
+                out_flat,
+                q2,
+                hit,
+                best_k.index_select(0, sel),
+                best_q.index_select(0, sel),
+                base,
+                need_q2,
+                cut,
+                max_q2,
+            )
             rest = (~ok).nonzero().squeeze(1)
             flat = flat.index_select(0, rest)
             pts = pts.index_select(1, rest)
     # 4. brute force for the rest
     if flat.numel() > 0:
         bidx = _brute(pts, centers, sc, chunk_elements)
-        idx_flat[flat] = bidx
-        if need_q2:
-            q2.view(-1)[flat] = scaled_sq_distance(pts, centers, bidx, sc)
-    return index, q2
+        qb = scaled_sq_distance(pts, centers, bidx, sc)
+        _store(out_flat, q2, flat, bidx, qb, base, need_q2, cut, max_q2)
+    return out, q2
+
+
+def _store(
+    out_flat: Tensor,
+    q2: Tensor,
+    where: Tensor,
+    index: Tensor,
+    q: Tensor,
+    base: int,
+    need_q2: bool,
+    cut: bool,
+    max_q2: float,
+) -> None:
+    value = index + base
+    if cut:
+        value = value.masked_fill(~(q < max_q2), base - 1)
+    out_flat[where] = value
+    if need_q2:
+        q2.view(-1)[where] = q
 
 
 def _neighbour_table(centers: Tensor, m: int) -> tuple[Tensor, Tensor]:
@@ -350,6 +386,79 @@ def _neighbour_table(centers: Tensor, m: int) -> tuple[Tensor, Tensor]:
     else:
         far = torch.full((k,), float("inf"), dtype=centers.dtype, device=centers.device)
     return nbr, far
+
+
+def _assign(
+    embedding: Tensor,
+    foreground: Tensor,
+    centers: Tensor,
+    scale: Tensor | None,
+    stride: int,
+    chunk_elements: int,
+    need_q2: bool,
+    base: int,
+    max_q2: float,
+) -> tuple[Tensor, Tensor]:
+    d, h, w = embedding.shape
+    if centers.dim() != 2 or centers.shape[1] != d or centers.shape[0] == 0:
+        raise ValueError(f"centers must be (K >= 1, {d}), got {list(centers.shape)}")
+    if foreground.shape != (h, w):
+        raise ValueError(f"foreground must be ({h}, {w}), got {list(foreground.shape)}")
+    foreground = foreground.to(torch.bool)
+    centers = centers.to(embedding.dtype)
+    sc = expand_scale(scale, centers)
+    k = centers.shape[0]
+    cut = max_q2 < float("inf")
+    if k == 1 or stride <= 1 or h < 2 * stride or w < 2 * stride:
+        out = torch.full((h, w), base - 1, dtype=torch.long, device=embedding.device)
+        q2 = torch.zeros(
+            (h, w) if need_q2 else (0, 0), dtype=embedding.dtype, device=embedding.device
+        )
+        points, flat = foreground_points(embedding, foreground)
+        idx = _brute(points, centers, sc, chunk_elements)
+        q = scaled_sq_distance(points, centers, idx, sc)
+        _store(out.view(-1), q2, flat, idx, q, base, need_q2, cut, max_q2)
+        return out, q2
+    # a pyramid of grids (every stride^l-th row and column) down to a few thousand pixels: the
+    # coarsest is assigned by brute force, each finer one from the labels of the next coarser
+    # (integer powers by multiplication: TorchScript's int ** int is a float)
+    levels = 1
+    s_top = stride
+    while (
+        h >= 2 * s_top * stride and w >= 2 * s_top * stride and (h // s_top) * (w // s_top) > 4096
+    ):
+        levels += 1
+        s_top *= stride
+    gfg = foreground[::s_top, ::s_top]
+    gh, gw = gfg.shape[0], gfg.shape[1]
+    gpts, gflat = foreground_points(embedding[:, ::s_top, ::s_top], gfg)
+    glab = torch.full((gh * gw,), -1, dtype=torch.long, device=embedding.device)
+    glab[gflat] = _brute(gpts, centers, sc, chunk_elements)
+    glab = glab.reshape(gh, gw)
+    radius2 = guaranteed_radius(centers, sc).square()
+    q2 = torch.zeros(0, dtype=embedding.dtype, device=embedding.device)
+    s = s_top
+    inf = float("inf")
+    for lev in range(levels - 1, -1, -1):
+        s = s // stride
+        last = lev == 0
+        glab, q2 = _refine(
+            embedding[:, ::s, ::s],
+            foreground[::s, ::s],
+            glab,
+            centers,
+            sc,
+            radius2,
+            stride,
+            need_q2 and last,
+            base if last else 0,
+            max_q2 if last else inf,
+            # pixels per chunk of the certification pass: the per-dimension temporaries stay
+            # in cache and each elementwise op stays below PyTorch's parallel grain size (32768)
+            1 << 14,
+            chunk_elements,
+        )
+    return glab, q2
 
 
 def assign_pixels(
@@ -374,54 +483,35 @@ def assign_pixels(
         index (H, W) int64, the nearest centre in [0, K) (-1 outside the foreground), and
         q2 (H, W), the squared scaled distance to it (0 outside the foreground).
     """
-    d, h, w = embedding.shape
-    if centers.dim() != 2 or centers.shape[1] != d or centers.shape[0] == 0:
-        raise ValueError(f"centers must be (K >= 1, {d}), got {list(centers.shape)}")
-    if foreground.shape != (h, w):
-        raise ValueError(f"foreground must be ({h}, {w}), got {list(foreground.shape)}")
-    foreground = foreground.to(torch.bool)
-    centers = centers.to(embedding.dtype)
-    sc = expand_scale(scale, centers)
-    k = centers.shape[0]
-    if k == 1 or stride <= 1 or h < 2 * stride or w < 2 * stride:
-        index = torch.full((h, w), -1, dtype=torch.long, device=embedding.device)
-        q2 = torch.zeros((h, w), dtype=embedding.dtype, device=embedding.device)
-        points, flat = foreground_points(embedding, foreground)
-        idx = _brute(points, centers, sc, chunk_elements)
-        index.view(-1)[flat] = idx
-        q2.view(-1)[flat] = scaled_sq_distance(points, centers, idx, sc)
-        return index, q2
-    # a pyramid of grids (every stride^l-th row and column) down to a few thousand pixels: the
-    # coarsest is assigned by brute force, each finer one from the labels of the next coarser
-    # (integer powers by multiplication: TorchScript's int ** int is a float)
-    levels = 1
-    s_top = stride
-    while (
-        h >= 2 * s_top * stride and w >= 2 * s_top * stride and (h // s_top) * (w // s_top) > 4096
-    ):
-        levels += 1
-        s_top *= stride
-    gfg = foreground[::s_top, ::s_top]
-    gh, gw = gfg.shape[0], gfg.shape[1]
-    gpts, gflat = foreground_points(embedding[:, ::s_top, ::s_top], gfg)
-    glab = torch.full((gh * gw,), -1, dtype=torch.long, device=embedding.device)
-    glab[gflat] = _brute(gpts, centers, sc, chunk_elements)
-    glab = glab.reshape(gh, gw)
-    radius2 = guaranteed_radius(centers, sc).square()
-    q2 = torch.zeros(0, dtype=embedding.dtype, device=embedding.device)
-    s = s_top
-    for lev in range(levels - 1, -1, -1):
-        s = s // stride
-        glab, q2 = _refine(
-            embedding[:, ::s, ::s],
-            foreground[::s, ::s],
-            glab,
-            centers,
-            sc,
-            radius2,
-            stride,
-            lev == 0,
-            1 << 16,
-            chunk_elements,
-        )
-    return glab, q2
+    return _assign(
+        embedding, foreground, centers, scale, stride, chunk_elements, True, 0, float("inf")
+    )
+
+
+def assign_labels(
+    embedding: Tensor,
+    foreground: Tensor,
+    centers: Tensor,
+    scale: Tensor | None = None,
+    stride: int = 4,
+    max_q2: float = float("inf"),
+    chunk_elements: int = 1 << 21,
+) -> Tensor:
+    """Label image of the nearest centres: what :func:`assign_pixels` computes, written directly
+    as labels (no full-size distance map, no extra passes).
+
+    Args:
+        embedding: (D, H, W) float; foreground: (H, W) bool; centers: (K, D), K >= 1;
+        scale: None, (K,), (K, 1) or (K, D).
+        stride: grid step for the guesses (1 = brute force everywhere).
+        max_q2: pixels whose squared scaled distance to their nearest centre is not below this
+            become background (the kernel threshold of seeded clustering; inf: none).
+        chunk_elements: memory bound of temporary tables.
+
+    Returns:
+        (H, W) int64: k + 1 for nearest centre k, 0 outside the foreground or beyond ``max_q2``.
+    """
+    out, _ = _assign(
+        embedding, foreground, centers, scale, stride, chunk_elements, False, 1, max_q2
+    )
+    return out

@@ -6,7 +6,7 @@
   ``> k-th score`` comparison keeps one fewer).
 * :func:`group_pixels`: every thing pixel (y, x) points to (y + dy, x + dx); it joins the centre
   nearest to that point. Computed without a (pixels x centres) table
-  (:func:`instembed.cluster.assign.assign_pixels`), so memory does not grow with their product.
+  (:func:`instembed.cluster.assign.assign_labels`), so memory does not grow with their product.
 
 Both compile with ``torch.jit.script``.
 """
@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from instembed.cluster.assign import assign_pixels
+from instembed.cluster.assign import assign_labels
+from instembed.cluster.threads import one_intra_op_thread
 
 
 def find_instance_centers(
@@ -63,19 +64,24 @@ def group_pixels(
     Returns:
         (H, W) int64, 0 outside ``thing`` (or when K = 0), k+1 for centre k.
     """
+    if torch.jit.is_scripting():
+        return _group_pixels(centers, offset, thing, stride)
+    with one_intra_op_thread():  # see instembed.cluster.threads
+        return _group_pixels(centers, offset, thing, stride)
+
+
+def _group_pixels(centers: Tensor, offset: Tensor, thing: Tensor | None, stride: int) -> Tensor:
     _, h, w = offset.shape
     if offset.shape[0] != 2:
         raise ValueError(f"offset must be (2, H, W), got {list(offset.shape)}")
     mask = torch.ones(h, w, dtype=torch.bool, device=offset.device) if thing is None else thing
-    labels = torch.zeros(h, w, dtype=torch.long, device=offset.device)
     if centers.shape[0] == 0:
-        return labels
+        return torch.zeros(h, w, dtype=torch.long, device=offset.device)
     dt = offset.dtype if offset.is_floating_point() else torch.float32
     ys = torch.arange(h, dtype=dt, device=offset.device).view(h, 1).expand(h, w)
     xs = torch.arange(w, dtype=dt, device=offset.device).view(1, w).expand(h, w)
     target = torch.stack([ys + offset[0].to(dt), xs + offset[1].to(dt)], 0)
-    index, _ = assign_pixels(target, mask, centers.to(dt), None, stride)
-    return torch.where(index >= 0, index + 1, labels)
+    return assign_labels(target, mask, centers.to(dt), None, stride)
 
 
 def center_offset_cluster(

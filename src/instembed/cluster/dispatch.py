@@ -24,6 +24,7 @@ from instembed.cluster.postprocess import (
 )
 from instembed.cluster.result import ClusterResult
 from instembed.cluster.seeded import seeded_cluster
+from instembed.cluster.threads import one_intra_op_thread
 from instembed.cluster.threshold import threshold_cluster
 from instembed.models.outputs import Outputs
 
@@ -111,6 +112,16 @@ def cluster_embeddings(
         ClusterResult with sequential labels (H, W), scores (N,), classes (N,) when the outputs
         have a semantic map, centers (N, D).
     """
+    with one_intra_op_thread():  # see instembed.cluster.threads
+        return _cluster_embeddings(outputs_or_embedding, method, foreground, params)
+
+
+def _cluster_embeddings(
+    outputs_or_embedding: Tensor | Outputs,
+    method: str,
+    foreground: Tensor | None,
+    params: dict[str, Any],
+) -> ClusterResult:
     if method not in METHODS:
         raise ValueError(f"unknown clustering method {method!r}; valid: {list(METHODS)}")
     params = dict(params)

@@ -28,7 +28,7 @@ its scaled metric); SpatialEmbeddings lets the later instance overwrite the earl
 For speed the seed loop runs on a grid sample of at most ``max_points`` foreground pixels (pixel
 counts are estimated as sample counts times step^2; exact when the foreground is smaller than
 ``max_points``), then every foreground pixel is assigned in one pass
-(:func:`instembed.cluster.assign.assign_pixels`). Compiles with ``torch.jit.script``.
+(:func:`instembed.cluster.assign.assign_labels`). Compiles with ``torch.jit.script``.
 """
 
 from __future__ import annotations
@@ -38,8 +38,9 @@ import math
 import torch
 from torch import Tensor
 
-from instembed.cluster.assign import assign_pixels
+from instembed.cluster.assign import assign_labels
 from instembed.cluster.sampling import grid_sample, grid_step
+from instembed.cluster.threads import one_intra_op_thread
 
 
 def sigma_to_scale(sigma: Tensor, sigma_mode: str = "neven", kernel: str = "gaussian") -> Tensor:
@@ -111,6 +112,55 @@ def seeded_cluster(
         labels (H, W) int64 (0 = background, 1..K in order of decreasing seed score),
         scores (K,) seed scores, centers (K, E) seed embeddings.
     """
+    if torch.jit.is_scripting():
+        return _seeded_cluster(
+            embedding,
+            seed,
+            sigma,
+            foreground,
+            fg_thresh,
+            seed_thresh,
+            min_size,
+            new_fraction,
+            prob_thresh,
+            kernel,
+            sigma_mode,
+            max_points,
+            stride,
+        )
+    with one_intra_op_thread():  # see instembed.cluster.threads
+        return _seeded_cluster(
+            embedding,
+            seed,
+            sigma,
+            foreground,
+            fg_thresh,
+            seed_thresh,
+            min_size,
+            new_fraction,
+            prob_thresh,
+            kernel,
+            sigma_mode,
+            max_points,
+            stride,
+        )
+
+
+def _seeded_cluster(
+    embedding: Tensor,
+    seed: Tensor,
+    sigma: Tensor,
+    foreground: Tensor | None,
+    fg_thresh: float,
+    seed_thresh: float,
+    min_size: int,
+    new_fraction: float,
+    prob_thresh: float,
+    kernel: str,
+    sigma_mode: str,
+    max_points: int,
+    stride: int,
+) -> tuple[Tensor, Tensor, Tensor]:
     e, h, w = embedding.shape
     seed2 = seed.reshape(h, w).to(embedding.dtype)
     sig = sigma.reshape(-1, h, w).to(embedding.dtype)
@@ -124,11 +174,14 @@ def seeded_cluster(
         if foreground.shape[0] != h or foreground.shape[1] != w:
             raise ValueError(f"foreground must be ({h}, {w}), got {list(foreground.shape)}")
         fg = foreground.to(torch.bool)
-    labels = torch.zeros(h, w, dtype=torch.long, device=embedding.device)
-    n_fg = int(fg.sum().item())
+    n_fg = int(fg.count_nonzero().item())
     empty_scores = torch.zeros(0, dtype=embedding.dtype, device=embedding.device)
     if n_fg == 0:
-        return labels, empty_scores, embedding.new_zeros((0, e))
+        return (
+            torch.zeros(h, w, dtype=torch.long, device=embedding.device),
+            empty_scores,
+            embedding.new_zeros((0, e)),
+        )
     step = grid_step(n_fg, max_points)
     weight = step * step
     # sample each map on the grid (no full-size concatenation of the maps)
@@ -149,8 +202,17 @@ def seeded_cluster(
             break
         c = pts[:, i]
         s = scale[:, i]
-        diff = pts - c.unsqueeze(1)
-        q2 = (diff * diff * s.unsqueeze(1)).sum(0)
+        # one dimension at a time: (M,) operations, below PyTorch's parallel grain size, so the
+        # loop never waits on OpenMP barriers (slow on a loaded machine)
+        q2 = torch.zeros(m, dtype=pts.dtype, device=pts.device)
+        for j in range(e):
+            diff = pts[j] - c[j]
+            if ns == 1:
+                q2.addcmul_(diff, diff)
+            else:
+                q2.addcmul_(diff * s[j], diff)
+        if ns == 1:
+            q2 = q2 * s[0]
         proposal = q2 < q2_max
         n_prop = int(proposal.sum().item())
         # the seed is unclustered and inside its own proposal (q2 = 0), so it counts as a new
@@ -164,10 +226,13 @@ def seeded_cluster(
         avail.masked_fill_(proposal, float("-inf"))
         n_unclustered -= n_new
     if len(centers) == 0:
-        return labels, empty_scores, embedding.new_zeros((0, e))
+        return (
+            torch.zeros(h, w, dtype=torch.long, device=embedding.device),
+            empty_scores,
+            embedding.new_zeros((0, e)),
+        )
     cen = torch.stack(centers)  # (K, E)
     sc = torch.stack(scales)  # (K, S)
-    index, q2 = assign_pixels(embedding, fg, cen, sc, stride)
-    # index -1 (background) -> label 0; pixels outside the kernel of their centre -> 0
-    labels = (index + 1).masked_fill_(~(q2 < q2_max), 0)
+    # nearest centre in its own scaled metric; pixels outside that centre's kernel -> 0
+    labels = assign_labels(embedding, fg, cen, sc, stride, q2_max)
     return labels, torch.tensor(scores, dtype=embedding.dtype, device=embedding.device), cen

@@ -20,7 +20,7 @@ graph) -- with ``merge_radius ~ delta_v`` wide clusters stay whole.
 For speed the procedure runs on a grid sample of at most ``max_points`` foreground pixels
 (:mod:`instembed.cluster.sampling`), then every foreground pixel goes to its nearest cluster
 centre (the mean of the cluster's sample points), exactly and in chunks
-(:mod:`instembed.cluster.assign`). Below ``max_points`` foreground pixels the sample is every pixel.
+(:func:`instembed.cluster.assign.assign_labels`). Below ``max_points`` foreground pixels the sample is every pixel.
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ import logging
 import torch
 from torch import Tensor
 
-from instembed.cluster.assign import assign_pixels
+from instembed.cluster.assign import assign_labels
 from instembed.cluster.sampling import grid_sample, grid_step
+from instembed.cluster.threads import one_intra_op_thread
 
 log = logging.getLogger(__name__)
 
@@ -150,9 +151,34 @@ def threshold_cluster(
     Returns:
         labels (H, W) int64 (0 = background, 1..K) and centers (K, E).
     """
+    with one_intra_op_thread():
+        return _threshold_cluster(
+            embedding,
+            foreground,
+            delta_v,
+            merge_radius,
+            max_distance,
+            tol,
+            max_iter,
+            max_points,
+            stride,
+        )
+
+
+def _threshold_cluster(
+    embedding: Tensor,
+    foreground: Tensor | None,
+    delta_v: float,
+    merge_radius: float | None,
+    max_distance: float | None,
+    tol: float | None,
+    max_iter: int,
+    max_points: int,
+    stride: int,
+) -> tuple[Tensor, Tensor]:
     e, h, w = embedding.shape
     fg = _foreground(foreground, h, w, embedding.device)
-    n_fg = int(fg.sum().item())
+    n_fg = int(fg.count_nonzero().item())
     if n_fg == 0:
         return torch.zeros(h, w, dtype=torch.long, device=embedding.device), embedding.new_zeros(
             (0, e)
@@ -165,13 +191,16 @@ def threshold_cluster(
         comp = merge_close_centers(centers, merge_radius)
     else:
         comp = torch.arange(n_frag, device=embedding.device)
-    index, q2 = assign_pixels(embedding, fg, centers, None, stride)
-    labels = torch.where(
-        index >= 0, comp.index_select(0, index.clamp(min=0).reshape(-1)).reshape(h, w) + 1, 0
-    )
+    max_q2 = float("inf")
     if max_distance is not None:
-        labels = torch.where(q2 <= max_distance * max_distance, labels, 0)
+        # q2 <= max_distance^2 in the embedding's precision, as the strict q2 < max_q2
+        lim = torch.tensor(max_distance * max_distance, dtype=embedding.dtype)
+        max_q2 = float(torch.nextafter(lim, torch.tensor(float("inf"), dtype=lim.dtype)).item())
+    labels = assign_labels(embedding, fg, centers, None, stride, max_q2)  # fragment id + 1
     k = int(comp.max().item()) + 1 if n_frag > 0 else 0
+    if k < n_frag:  # fragment -> merged cluster
+        lut = torch.cat([comp.new_zeros(1), comp + 1])
+        labels = lut.index_select(0, labels.reshape(-1)).reshape(h, w)
     # centre of a merged cluster: mean of its sample points
     sums = torch.zeros(k, e, dtype=embedding.dtype, device=embedding.device)
     sums.index_add_(0, comp.index_select(0, sample_labels), sample.t())
