@@ -11,8 +11,10 @@ What it does, in order:
    samples preloaded in memory, validation = the recorded val ids) instead of the config's
    ``val_fraction`` split;
 3. trains (``Trainer.fit``; the best checkpoint by ``run.best_metric`` on the val split);
-4. tunes the clusterer's thresholds on the val split (a small grid, picked by AP_dsb@0.5 -- the
-   only data looked at are the val images) and evaluates the chosen setting on the val split;
+4. for the best checkpoint of the in-training validation and the last checkpoint, tunes the
+   clusterer's thresholds on the val split (a small grid) and keeps the checkpoint + thresholds
+   with the highest AP_dsb@0.5 (the only data looked at are the val images);
+   ``--finish`` runs this step (and 5) on a run folder whose training is already done;
 5. with ``--ship``: writes ``src/instembed/pretrained/<name>.pt`` (weights + the
    resolved config, an instembed checkpoint readable with ``torch.load(weights_only=True)``),
    ``<name>.json`` (sha256 of the .pt, config, split, metrics, training time, machine) and
@@ -52,7 +54,7 @@ METRICS = ("AP_dsb@0.5", "AP", "AP50", "AP75", "SBD", "absDiC", "PQ")
 
 # clustering thresholds tried on the val split (per method); picked by AP_dsb@0.5
 GRIDS = {
-    "seeded": {"fg_thresh": [0.4, 0.5, 0.6], "seed_thresh": [0.5, 0.7, 0.9]},
+    "seeded": {"fg_thresh": [0.3, 0.4, 0.5], "seed_thresh": [0.4, 0.5, 0.6, 0.7, 0.8]},
     "center_offset": {"center_thresh": [0.1, 0.2, 0.3]},
 }
 
@@ -184,8 +186,9 @@ def write_card(name: str) -> Path:
         f"{cfg['data']['batch_size']}, reader {cfg['data']['reader_params']}",
         f"- optimiser: {cfg['optim']['optimizer']} lr {cfg['optim']['lr']}, "
         f"{cfg['optim']['schedule']} schedule, {cfg['run']['steps']} steps planned, "
-        f"{info['steps']} done; checkpoint of step {info['best_step']} kept (best val "
-        f"{cfg['run']['best_metric']} on {cfg['run']['max_val_images']} val images)",
+        f"{info['steps']} done; checkpoint of step {info['best_step']} kept (of the in-training "
+        f"best by {cfg['run']['best_metric']} on {cfg['run']['max_val_images']} val images and the "
+        "last checkpoint, the one with the higher val AP_dsb@0.5 after threshold tuning)",
         f"- clustering: `{info['cluster']['method']}` {info['cluster']['params']} (thresholds "
         "picked by AP_dsb@0.5 on the val split)",
         f"- training time: {info['train_seconds'] / 60:.1f} min on {info['machine']} "
@@ -250,6 +253,18 @@ def train_on_split(cfg, out, train_samples, val_samples, time_limit: float | Non
     return trainer, result, train_s
 
 
+def finished_run(out: Path) -> tuple[int, float]:
+    """(steps, training seconds) of a finished run folder (``train_time.json``, else the
+    step of ``last.pt`` and the span of ``train_log.csv``'s modification times)."""
+    info = out / "train_time.json"
+    if info.is_file():
+        d = json.loads(info.read_text())
+        return int(d["steps"]), float(d["seconds"])
+    state = ck.load_checkpoint(out / "last.pt")
+    seconds = (out / "train_log.csv").stat().st_mtime - (out / "config.yaml").stat().st_mtime
+    return int(state["step"]), float(seconds)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     if argv is None:
@@ -266,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch threads")
     ap.add_argument("--time-limit", type=float, default=None, help="stop training after S s")
     ap.add_argument("--ship", action="store_true", help="write src/instembed/pretrained/<name>.*")
+    ap.add_argument(
+        "--finish", action="store_true", help="skip training: select/tune/ship from --out"
+    )
     ap.add_argument("-o", "--override", action="append", default=[], help="key=value override")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -276,18 +294,45 @@ def main(argv: list[str] | None = None) -> int:
     path = root / args.dataset
     cfg = load_config(args.config, [*args.override, f"data.path={path}"])
     train_samples, val_samples = load_split(cfg, args.dataset)
-    trainer, result, train_s = train_on_split(
-        cfg, args.out, train_samples, val_samples, args.time_limit
-    )
+    out = Path(args.out)
+    if args.finish:  # training already done in --out: only select, tune and ship
+        steps, train_s = finished_run(out)
+    else:
+        _, result, train_s = train_on_split(cfg, out, train_samples, val_samples, args.time_limit)
+        steps = result.step
+        (out / "train_time.json").write_text(json.dumps({"steps": steps, "seconds": train_s}))
 
-    best_path = Path(args.out) / (
-        "best.pt" if (Path(args.out) / "best.pt").is_file() else "last.pt"
-    )
-    state = ck.load_checkpoint(best_path)
-    model = trainer.model
-    ck.load_model_state(model, state["model"], source=str(best_path))
+    # candidates: the best checkpoint of the in-training validation and the last one; each gets
+    # its clustering thresholds tuned on the val split; the better pair (AP_dsb@0.5) is kept
+    from instembed.engine.build import build_model_from_config
+
+    model = build_model_from_config(cfg.model)
+    best = None
+    for cand in ("best.pt", "last.pt"):
+        path = out / cand
+        if not path.is_file():
+            continue
+        state = ck.load_checkpoint(path)
+        ck.load_model_state(model, state["model"], source=str(path))
+        step = int(state["step"])
+        if best is not None and step == best[0]:
+            continue
+        chosen, metrics, rows = tune_cluster(model, val_samples, cfg)
+        log.info("%s (step %d): AP_dsb@0.5 %.4f with %s", cand, step, metrics["AP_dsb@0.5"], chosen)
+        key = (metrics["AP_dsb@0.5"], metrics["AP"])
+        if best is None or key > best[1]:
+            best = (
+                step,
+                key,
+                chosen,
+                metrics,
+                rows,
+                {k: v.clone() for k, v in state["model"].items()},
+            )
+    assert best is not None, f"no checkpoint in {out}"
+    best_step, _, chosen, metrics, rows, weights_state = best
+    model.load_state_dict(weights_state)
     model.eval()
-    chosen, metrics, rows = tune_cluster(model, val_samples, cfg)
     cfg.cluster.params.update(chosen)
     summary = {
         "name": args.name,
@@ -299,8 +344,8 @@ def main(argv: list[str] | None = None) -> int:
             "n_train": len(train_samples),
             "n_val": len(val_samples),
         },
-        "steps": result.step,
-        "best_step": (state.get("best") or {}).get("step", result.step),
+        "steps": steps,
+        "best_step": best_step,
         "train_seconds": round(train_s, 1),
         "machine": machine(),
         "cluster": {"method": cfg.cluster.method, "params": cfg.cluster.params},
