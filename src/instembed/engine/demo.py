@@ -279,8 +279,9 @@ semi-convolutional ones form one tight cluster per dot.
 
 ![embedding space]({figures["embedding"]})
 
-Total time: {total_s:.0f} s. Both runs (config, checkpoints, training log) are in `conv/` and
-`semiconv/`; e.g. `instembed predict --model {out / "semiconv"} IMAGE --out pred/`.
+Total time: {total_s:.0f} s. Both runs (resolved config, checkpoints, training log) are in
+`conv/` and `semiconv/`; the same training runs from the command line with
+`instembed train configs/dot_grid_semiconv.yaml` (add `model.semiconv=false` for the baseline).
 Metrics as JSON: `metrics.json`.
 """
     path = out / "report.md"
