@@ -35,9 +35,7 @@ def relabel_sequential(labels: Tensor, min_size: int = 0) -> tuple[Tensor, Tenso
     if lo_i < 0:
         raise ValueError(f"labels must be >= 0 (0 = background), found {lo_i}")
     if hi_i > max(1 << 16, 4 * flat.numel()):
-        if min_size > 1:
-            labels = remove_small_instances(labels, min_size)
-        return _relabel_unique(labels)
+        return _relabel_unique(flat, min_size, labels.shape)
     counts = torch.bincount(flat, minlength=hi_i + 1)
     keep = counts >= max(min_size, 1)
     keep[0] = False
@@ -47,12 +45,12 @@ def relabel_sequential(labels: Tensor, min_size: int = 0) -> tuple[Tensor, Tenso
     return lut.index_select(0, flat).reshape(labels.shape), old_ids
 
 
-def _relabel_unique(labels: Tensor) -> tuple[Tensor, Tensor]:
-    ids, inverse = torch.unique(labels, return_inverse=True)
-    has_bg = ids.numel() > 0 and int(ids[0].item()) == 0
-    new = inverse.reshape(labels.shape) + (0 if has_bg else 1)
-    old_ids = ids[1:] if has_bg else ids
-    return new.to(torch.long), old_ids.to(torch.long)
+def _relabel_unique(flat: Tensor, min_size: int, shape: torch.Size) -> tuple[Tensor, Tensor]:
+    # ids far above the pixel count: sort instead of a lookup table indexed by id
+    ids, inverse, counts = torch.unique(flat, return_inverse=True, return_counts=True)
+    keep = (ids > 0) & (counts >= max(min_size, 1))
+    new_id = torch.cumsum(keep.to(torch.long), 0) * keep
+    return new_id.index_select(0, inverse).reshape(shape), ids[keep]
 
 
 def remove_small_instances(labels: Tensor, min_size: int) -> Tensor:
@@ -63,7 +61,12 @@ def remove_small_instances(labels: Tensor, min_size: int) -> Tensor:
     """
     if min_size <= 1 or labels.numel() == 0:
         return labels
-    counts = torch.bincount(labels.reshape(-1), minlength=1)
+    flat = labels.reshape(-1).to(torch.long)
+    if int(flat.max().item()) > max(1 << 16, 4 * flat.numel()):
+        ids, inverse, counts = torch.unique(flat, return_inverse=True, return_counts=True)
+        small = (counts < min_size) & (ids > 0)
+        return torch.where(small.index_select(0, inverse).reshape(labels.shape), 0, labels)
+    counts = torch.bincount(flat, minlength=1)
     small = counts < min_size
     small[0] = False
     return torch.where(small[labels], torch.zeros_like(labels), labels)
