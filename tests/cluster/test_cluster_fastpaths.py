@@ -23,6 +23,7 @@ from instembed.cluster import (
     threshold_modes,
 )
 from instembed.cluster.threads import one_intra_op_thread
+from instembed.cluster.threshold import _modes_torch
 from instembed.models.outputs import Outputs
 
 
@@ -46,6 +47,12 @@ def test_relabel_lookup_table_matches_unique():
             new, old = relabel_sequential(lab, min_size)
             ref, ref_old = unique_relabel(lab, min_size)
             assert torch.equal(new, ref) and torch.equal(old, ref_old)
+    # already sequential: unchanged (ids 1..3 all present; 3 has one pixel, dropped by min_size 2)
+    seq = torch.tensor([[0, 1, 1, 2], [3, 2, 2, 0]])
+    new, old = relabel_sequential(seq)
+    assert torch.equal(new, seq) and old.tolist() == [1, 2, 3]
+    new, old = relabel_sequential(seq, 2)
+    assert new.tolist() == [[0, 1, 1, 2], [0, 2, 2, 0]] and old.tolist() == [1, 2]
     # ids far above the pixel count take the unique (sort) path: same contract
     big = torch.tensor([[0, 10**12, 10**12], [5, 5, 0]])
     new, old = relabel_sequential(big)
@@ -177,10 +184,18 @@ def test_threshold_modes_matches_list_reference():
     # spread close to delta_v: fragments, re-centring over assigned points, several iterations
     pts = pts + 0.35 * torch.randn(150, 3, generator=g, dtype=torch.float64)
     for delta_v in (0.6, 1.0):
-        labels, centers = threshold_modes(pts, delta_v)
         ref_labels, ref_centers = loop_threshold_modes(pts, delta_v, 1e-3 * delta_v)
-        assert labels.tolist() == ref_labels
-        assert torch.allclose(centers, torch.tensor(ref_centers, dtype=torch.float64))
+        ref_centers = torch.tensor(ref_centers, dtype=torch.float64)
+        # public function (numpy steps for CPU tensors) and the torch steps (other devices)
+        for labels, centers in (
+            threshold_modes(pts, delta_v),
+            _modes_torch(pts, delta_v, 1e-3 * delta_v, 100),
+        ):
+            assert labels.tolist() == ref_labels
+            assert torch.allclose(centers, ref_centers)
+    # float32 keeps its dtype on both paths
+    labels, centers = threshold_modes(pts.float(), 0.6)
+    assert centers.dtype == torch.float32 and labels.dtype == torch.long
 
 
 def test_one_thread_scope_restores_the_callers_setting_and_result():

@@ -25,7 +25,8 @@ def relabel_sequential(labels: Tensor, min_size: int = 0) -> tuple[Tensor, Tenso
         min_size: instances with fewer pixels become background (<= 1: none removed).
 
     Returns:
-        new labels (H, W) int64 and old_ids (N,) (old id of new id i+1).
+        new labels (H, W) int64 and old_ids (N,) (old id of new id i+1). When the int64 input is
+        already sequential (ids 1..N all present and kept) it is returned as is, not copied.
     """
     flat = labels.reshape(-1).to(torch.long)
     if flat.numel() == 0:
@@ -40,6 +41,8 @@ def relabel_sequential(labels: Tensor, min_size: int = 0) -> tuple[Tensor, Tenso
     keep = counts >= max(min_size, 1)
     keep[0] = False
     old_ids = keep.nonzero().squeeze(1)
+    if old_ids.numel() == hi_i:  # ids 1..max all present and kept: already sequential
+        return flat.reshape(labels.shape), old_ids
     lut = torch.zeros(hi_i + 1, dtype=torch.long, device=labels.device)
     lut[old_ids] = torch.arange(1, old_ids.numel() + 1, dtype=torch.long, device=labels.device)
     return lut.index_select(0, flat).reshape(labels.shape), old_ids

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -55,11 +56,23 @@ def threshold_modes(
     if delta_v <= 0:
         raise ValueError(f"delta_v must be positive, got {delta_v}")
     tol = 1e-3 * delta_v if tol is None else tol
-    m = points.shape[0]
+    if points.shape[0] == 0:
+        return (
+            torch.zeros(0, dtype=torch.long, device=points.device),
+            points.new_zeros((0, points.shape[1])),
+        )
+    if points.device.type == "cpu" and points.dtype in (torch.float32, torch.float64):
+        # the same steps in numpy: a few thousand tiny operations, each ~3x cheaper to launch
+        labels, centers = _modes_numpy(points.detach().numpy(), delta_v, tol, max_iter)
+        return torch.from_numpy(labels), torch.from_numpy(centers)
+    return _modes_torch(points, delta_v, tol, max_iter)
+
+
+def _modes_torch(
+    points: Tensor, delta_v: float, tol: float, max_iter: int
+) -> tuple[Tensor, Tensor]:
+    m, d = points.shape
     labels = torch.full((m,), -1, dtype=torch.long, device=points.device)
-    if m == 0:
-        return labels, points.new_zeros((0, points.shape[1]))
-    d = points.shape[1]
     pn = (points * points).sum(1)
     # (D+1, M): one contiguous row per dimension plus a row of ones, so that one matrix-vector
     # product gives the sum and the count of the points in a ball; distances use the transposed
@@ -96,6 +109,45 @@ def threshold_modes(
         unassigned &= ~members
         k += 1
     return labels, torch.stack(centers)
+
+
+def _modes_numpy(
+    points: np.ndarray, delta_v: float, tol: float, max_iter: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_modes_torch` step for step on a (M, D) float32/float64 array."""
+    m, d = points.shape
+    dt = points.dtype
+    pn = np.einsum("ij,ij->i", points, points)
+    points_t = np.ascontiguousarray(np.concatenate([points.T, np.ones((1, m), dt)], 0))
+    rows = points_t[:d].T
+    r2 = delta_v * delta_v
+    labels = np.full(m, -1, dtype=np.int64)
+    unassigned = np.ones(m, dtype=bool)
+    centers: list[np.ndarray] = []
+    k = 0
+    first = 0
+    while True:
+        i = first + int(unassigned[first:].argmax())
+        if not unassigned[i]:
+            break
+        first = i
+        c = points[i]
+        for _ in range(max_iter):
+            ball = (pn - 2 * (rows @ c)) < (r2 - float(c @ c))
+            sums = points_t @ ball.astype(dt)
+            new = sums[:d] / max(sums[d], 1.0)
+            shift = float(np.sqrt(np.square(new - c).sum()))
+            c = new
+            if shift <= tol:
+                break
+        members = unassigned & ((pn - 2 * (rows @ c) + c @ c) < r2)
+        members[i] = True
+        labels[members] = k
+        sums = points_t @ members.astype(dt)
+        centers.append(sums[:d] / sums[d])
+        unassigned &= ~members
+        k += 1
+    return labels, np.stack(centers).astype(dt)
 
 
 def merge_close_centers(centers: Tensor, radius: float) -> Tensor:
