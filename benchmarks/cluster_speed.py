@@ -163,6 +163,12 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--embedseg-wheel", default=None)
     ap.add_argument(
+        "--timeout",
+        type=float,
+        default=900,
+        help="seconds allowed per measurement (all repeats); longer ones are reported as timeout",
+    )
+    ap.add_argument(
         "--sklearn-max-pixels",
         type=int,
         default=300_000,
@@ -175,6 +181,9 @@ def main(argv=None):
         help="run scikit-learn HDBSCAN only up to this many foreground pixels",
     )
     args = ap.parse_args(argv)
+    # the parent builds the inputs on one thread: a child forked after OpenMP started its worker
+    # threads hangs at its first parallel region (GNU libgomp); each child sets --threads
+    torch.set_num_threads(1)
     sizes = SIZES[:2] if args.quick else SIZES
     EmbedSegCluster = load_embedseg_cluster(args.embedseg_wheel) if args.embedseg_wheel else None
     load = os.getloadavg()
@@ -183,7 +192,9 @@ def main(argv=None):
 
     def record(size, k, method, peer, res, truth, n_fg):
         if res is None:
-            row = dict(size=size, k=k, method=method, peer=peer, fg_pixels=n_fg, timeout=True)
+            row = dict(
+                size=size, k=k, method=method, peer=peer, fg_pixels=n_fg, timeout=args.timeout
+            )
         else:
             wall, cpu, mem, labels = res
             row = dict(
@@ -196,6 +207,7 @@ def main(argv=None):
                 cpu_s=round(cpu, 4),
                 peak_mb=round(mem, 1),
                 ari=round(ari(truth, labels), 4),
+                load1=round(os.getloadavg()[0], 2),
             )
         print(json.dumps(row), flush=True)
         rows.append(row)
@@ -232,7 +244,7 @@ def main(argv=None):
                 k,
                 f"instembed.{name}",
                 False,
-                measure(fn, args.repeats, args.threads),
+                measure(fn, args.repeats, args.threads, args.timeout),
                 lab,
                 n_fg,
             )
@@ -259,7 +271,7 @@ def main(argv=None):
                 k,
                 "sklearn.MeanShift(bin_seeding)",
                 True,
-                measure(sk_meanshift, args.repeats, args.threads),
+                measure(sk_meanshift, args.repeats, args.threads, args.timeout),
                 lab,
                 n_fg,
             )
@@ -267,7 +279,13 @@ def main(argv=None):
             print(json.dumps({"size": size, "skipped": "sklearn.MeanShift", "fg_pixels": n_fg}))
         if n_fg <= args.hdbscan_max_pixels:
             record(
-                size, k, "sklearn.HDBSCAN", True, measure(sk_hdbscan, 1, args.threads), lab, n_fg
+                size,
+                k,
+                "sklearn.HDBSCAN",
+                True,
+                measure(sk_hdbscan, 1, args.threads, args.timeout),
+                lab,
+                n_fg,
             )
         else:
             print(json.dumps({"size": size, "skipped": "sklearn.HDBSCAN", "fg_pixels": n_fg}))
@@ -284,6 +302,7 @@ def main(argv=None):
                 lambda: cluster_embeddings(out2, "seeded", min_size=36).labels.numpy(),
                 args.repeats,
                 args.threads,
+                args.timeout,
             ),
             lab,
             n_fg,
@@ -299,7 +318,7 @@ def main(argv=None):
                 k,
                 "EmbedSeg.Cluster.cluster",
                 True,
-                measure(embedseg, args.repeats, args.threads),
+                measure(embedseg, args.repeats, args.threads, args.timeout),
                 lab,
                 n_fg,
             )
@@ -320,7 +339,10 @@ def main(argv=None):
             "instembed.group_pixels(center_offset)",
             False,
             measure(
-                lambda: group_pixels(centers, offset, thing).numpy(), args.repeats, args.threads
+                lambda: group_pixels(centers, offset, thing).numpy(),
+                args.repeats,
+                args.threads,
+                args.timeout,
             ),
             lab,
             int(thing.sum()),
@@ -338,7 +360,7 @@ def main(argv=None):
             k,
             "dense (K x pixels) table [detectron2]",
             True,
-            measure(dense, args.repeats, args.threads),
+            measure(dense, args.repeats, args.threads, args.timeout),
             lab,
             int(thing.sum()),
         )
@@ -360,7 +382,7 @@ def main(argv=None):
     )
     for r in rows:
         if r.get("timeout"):
-            print(f"{r['size']:>10} {r['method']:42} timeout")
+            print(f"{r['size']:>10} {r['method']:42} timeout (> {r['timeout']:.0f} s)")
             continue
         ratio = ""
         if r["peer"]:

@@ -58,6 +58,19 @@ def test_matches_slow_reference():
         assert torch.equal(labels, ref)
         assert torch.allclose(scores, torch.tensor(ref_scores))
 
+    # one sigma per embedding dimension (the per-dimension seed loop and scaled certificate)
+    g = torch.Generator().manual_seed(11)
+    for s in range(2):
+        emb, seed_map, _, _ = random_scene(10 + s, 32, 36)
+        sigma = 0.4 + 0.5 * torch.rand(2, 32, 36, generator=g)
+        fg = seed_map > 0.3
+        labels, scores, _ = seeded_cluster(
+            emb, seed_map, sigma, fg, seed_thresh=0.6, min_size=10, sigma_mode="std"
+        )
+        ref, ref_scores = slow_seeded(emb, seed_map, 0.5 / sigma**2, fg, 0.6, 10, math.log(2))
+        assert torch.equal(labels, ref)
+        assert torch.allclose(scores, torch.tensor(ref_scores))
+
 
 def test_separated_instances_and_seed_scores():
     # four stripes with tight embeddings; the seed map peaks at one known pixel per stripe, so the
