@@ -245,37 +245,44 @@ def _refine(
         parts.append((b0, min(full, b0 + step), stride))
     if full < gh:
         parts.append((full, gh, h - full * stride))
-    failed: list[Tensor] = []
+    # centre of every guess, one gather for the whole level (D x gh x W, 1/stride of the image)
+    cen_rows = centers_t.index_select(1, g_rows.reshape(-1)).reshape(d, gh, 1, w)
+    bad = torch.empty((h, w), dtype=torch.bool, device=dev)
+    diff = torch.empty(0, dtype=embedding.dtype, device=dev)
     for b0, b1, group in parts:
         nb = b1 - b0
         r0 = b0 * stride
         r1 = r0 + nb * group
-        gf = g_rows[b0:b1].reshape(-1)
-        cen = centers_t.index_select(1, gf).reshape(d, nb, 1, w)
+        cen = cen_rows[:, b0:b1]
         emb = embedding[:, r0:r1].reshape(d, nb, group, w)
         # one dimension at a time: the (nb, group, W) temporaries stay in cache
         r2 = torch.zeros((nb, group, w), dtype=embedding.dtype, device=dev)
+        if diff.shape != r2.shape:
+            diff = torch.empty_like(r2)
         qq = r2
         if want_q and per_dim:
             qq = torch.zeros((nb, group, w), dtype=embedding.dtype, device=dev)
         for j in range(d):
-            diff = emb[j] - cen[j]
+            torch.sub(emb[j], cen[j], out=diff)
             r2.addcmul_(diff, diff)
             if want_q and per_dim:
+                gf = g_rows[b0:b1].reshape(-1)
                 qq.addcmul_(diff * sc_t[j].index_select(0, gf).reshape(nb, 1, w), diff)
         if want_q and not unit and not per_dim:
+            gf = g_rows[b0:b1].reshape(-1)
             qq = r2 * sc_t[0].index_select(0, gf).reshape(nb, 1, w)
         fg = foreground[r0:r1].reshape(nb, group, w)
-        ok = (r2 <= rad_rows[b0:b1].reshape(nb, 1, w)) & fg
+        ok = (r2 <= rad_rows[b0:b1].reshape(nb, 1, w)).logical_and_(fg)
         keep = ok & (qq < max_q2) if cut else ok
-        res = torch.where(keep, out_rows[b0:b1].reshape(nb, 1, w), empty)
-        out[r0:r1] = res.reshape(nb * group, w)
+        torch.where(
+            keep, out_rows[b0:b1].reshape(nb, 1, w), empty, out=out[r0:r1].view(nb, group, w)
+        )
         if need_q2:
-            q2[r0:r1] = (qq * ok).reshape(nb * group, w)
-        failed.append((ok ^ fg).reshape(-1).nonzero().squeeze(1) + r0 * w)
+            torch.mul(qq, ok, out=q2[r0:r1].view(nb, group, w))
+        torch.bitwise_xor(ok, fg, out=bad[r0:r1].view(nb, group, w))
     # 2. failed foreground pixels: the other corners of their block; the nearest tried centre
     #    (gb, at Euclidean distance^2 rb) is kept for step 3
-    flat = torch.cat(failed)
+    flat = bad.reshape(-1).nonzero().squeeze(1)
     pts = embedding.reshape(d, -1).index_select(1, flat)
     ys = torch.div(flat, w, rounding_mode="floor")
     by = torch.div(ys, stride, rounding_mode="floor")
