@@ -13,7 +13,12 @@ background) at 256x256 (K=20), 512x512 (K=50) and 1024x2048 (K=100).
   import); with ``--embedseg-wheel`` the ``Cluster`` class is read from the wheel file and run.
   Get the wheel with ``pip download embedseg==0.2.5 --no-deps -d DIR``.
 * center/offset grouping at 1024x2048 with 200 centres: instembed against the dense
-  (centres x pixels) distance table of detectron2's Panoptic-DeepLab post-processing.
+  (centres x pixels) distance table of detectron2's Panoptic-DeepLab post-processing (one run:
+  it takes minutes and ~5 GB).
+
+The instembed clusterers run on one intra-op thread whatever ``--threads`` says (see
+``instembed.cluster.threads``); the peers use ``--threads``. Run with ``--threads 1`` and
+``--threads 2`` to see both.
 
 Every measurement runs in a forked child: time = median of ``--repeats`` runs (wall clock, plus
 process CPU time), peak memory = peak RSS of the child minus its RSS before the call, ARI against
@@ -360,7 +365,7 @@ def main(argv=None):
             k,
             "dense (K x pixels) table [detectron2]",
             True,
-            measure(dense, args.repeats, args.threads, args.timeout),
+            measure(dense, 1, args.threads, args.timeout),
             lab,
             int(thing.sum()),
         )

@@ -44,9 +44,12 @@ def test_relabel_lookup_table_matches_unique():
         if trial % 2:
             lab = lab + 1  # no background pixel at all
         for min_size in (0, 30, 45):
-            new, old = relabel_sequential(lab, min_size)
             ref, ref_old = unique_relabel(lab, min_size)
-            assert torch.equal(new, ref) and torch.equal(old, ref_old)
+            # no hint, the exact largest id, a hint above it, a wrong (too small) hint
+            top = int(lab.max())
+            for hint in (None, top, top + 5, top - 7):
+                new, old = relabel_sequential(lab, min_size, hint)
+                assert torch.equal(new, ref) and torch.equal(old, ref_old)
     # already sequential: unchanged (ids 1..3 all present; 3 has one pixel, dropped by min_size 2)
     seq = torch.tensor([[0, 1, 1, 2], [3, 2, 2, 0]])
     new, old = relabel_sequential(seq)

@@ -446,6 +446,11 @@ def _assign(
     q2 = torch.zeros(0, dtype=embedding.dtype, device=embedding.device)
     s = s_top
     inf = float("inf")
+    # pixels per chunk of the certification pass: the per-dimension temporaries stay in cache;
+    # compiled, each elementwise op also stays below PyTorch's parallel grain size (32768), as
+    # TorchScript cannot limit the intra-op threads (see instembed.cluster.threads); eager calls
+    # of the clusterers run on one thread and take larger chunks (fewer operations to launch)
+    chunk_pixels = 1 << 14 if torch.jit.is_scripting() else 1 << 16
     for lev in range(levels - 1, -1, -1):
         s = s // stride
         last = lev == 0
@@ -460,9 +465,7 @@ def _assign(
             need_q2 and last,
             base if last else 0,
             max_q2 if last else inf,
-            # pixels per chunk of the certification pass: the per-dimension temporaries stay
-            # in cache and each elementwise op stays below PyTorch's parallel grain size (32768)
-            1 << 14,
+            chunk_pixels,
             chunk_elements,
         )
     return glab, q2

@@ -182,8 +182,8 @@ def _cluster_embeddings(
     if do_fill:
         labels = fill_holes(remove_small_instances(labels, min_size))
         labels, old = relabel_sequential(labels)
-    else:  # minimum size and relabelling in one pass
-        labels, old = relabel_sequential(labels, min_size)
+    else:  # minimum size and relabelling in one pass; ids are at most the number of centres
+        labels, old = relabel_sequential(labels, min_size, centers.shape[0])
     n = old.numel()
     idx = (old - 1).clamp(min=0)
     centers = centers.index_select(0, idx) if centers.shape[0] > 0 else centers[:0]

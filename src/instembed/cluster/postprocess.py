@@ -12,7 +12,9 @@ from torch import Tensor
 SCORE_MODES = ("seed", "foreground", "product", "constant")
 
 
-def relabel_sequential(labels: Tensor, min_size: int = 0) -> tuple[Tensor, Tensor]:
+def relabel_sequential(
+    labels: Tensor, min_size: int = 0, max_id: int | None = None
+) -> tuple[Tensor, Tensor]:
     """Renumber the instances 1..N in increasing order of their old ids, optionally dropping the
     instances with fewer than ``min_size`` pixels first (same as :func:`remove_small_instances`
     then relabelling, in one pass).
@@ -23,6 +25,8 @@ def relabel_sequential(labels: Tensor, min_size: int = 0) -> tuple[Tensor, Tenso
     Args:
         labels: (H, W) int, 0 = background.
         min_size: instances with fewer pixels become background (<= 1: none removed).
+        max_id: the largest id when the caller knows it (labels in [0, max_id]; saves a pass);
+            checked, a larger id falls back to the general path.
 
     Returns:
         new labels (H, W) int64 and old_ids (N,) (old id of new id i+1). When the int64 input is
@@ -31,21 +35,31 @@ def relabel_sequential(labels: Tensor, min_size: int = 0) -> tuple[Tensor, Tenso
     flat = labels.reshape(-1).to(torch.long)
     if flat.numel() == 0:
         return labels.to(torch.long), torch.zeros(0, dtype=torch.long, device=labels.device)
+    if max_id is not None and 0 <= max_id <= max(1 << 16, 4 * flat.numel()):
+        counts = torch.bincount(flat, minlength=max_id + 1)
+        if counts.numel() == max_id + 1:
+            return _relabel_counts(flat, counts, min_size, labels.shape)
     lo, hi = torch.aminmax(flat)
     lo_i, hi_i = int(lo.item()), int(hi.item())
     if lo_i < 0:
         raise ValueError(f"labels must be >= 0 (0 = background), found {lo_i}")
     if hi_i > max(1 << 16, 4 * flat.numel()):
         return _relabel_unique(flat, min_size, labels.shape)
-    counts = torch.bincount(flat, minlength=hi_i + 1)
+    return _relabel_counts(flat, torch.bincount(flat, minlength=hi_i + 1), min_size, labels.shape)
+
+
+def _relabel_counts(
+    flat: Tensor, counts: Tensor, min_size: int, shape: torch.Size
+) -> tuple[Tensor, Tensor]:
+    # counts: (max id + 1,) pixels per id
     keep = counts >= max(min_size, 1)
     keep[0] = False
     old_ids = keep.nonzero().squeeze(1)
-    if old_ids.numel() == hi_i:  # ids 1..max all present and kept: already sequential
-        return flat.reshape(labels.shape), old_ids
-    lut = torch.zeros(hi_i + 1, dtype=torch.long, device=labels.device)
-    lut[old_ids] = torch.arange(1, old_ids.numel() + 1, dtype=torch.long, device=labels.device)
-    return lut.index_select(0, flat).reshape(labels.shape), old_ids
+    if old_ids.numel() == counts.numel() - 1:  # ids 1..max all present and kept: sequential
+        return flat.reshape(shape), old_ids
+    lut = torch.zeros(counts.numel(), dtype=torch.long, device=flat.device)
+    lut[old_ids] = torch.arange(1, old_ids.numel() + 1, dtype=torch.long, device=flat.device)
+    return lut.index_select(0, flat).reshape(shape), old_ids
 
 
 def _relabel_unique(flat: Tensor, min_size: int, shape: torch.Size) -> tuple[Tensor, Tensor]:
