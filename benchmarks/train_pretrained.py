@@ -54,7 +54,11 @@ METRICS = ("AP_dsb@0.5", "AP", "AP50", "AP75", "SBD", "absDiC", "PQ")
 
 # clustering thresholds tried on the val split (per method); picked by AP_dsb@0.5
 GRIDS = {
-    "seeded": {"fg_thresh": [0.3, 0.4, 0.5], "seed_thresh": [0.4, 0.5, 0.6, 0.7, 0.8]},
+    "seeded": {
+        "fg_thresh": [0.3, 0.4, 0.5],
+        "seed_thresh": [0.5, 0.6, 0.7, 0.8],
+        "prob_thresh": [0.3, 0.5],
+    },
     "center_offset": {"center_thresh": [0.1, 0.2, 0.3]},
 }
 
@@ -193,6 +197,7 @@ def write_card(name: str) -> Path:
         "picked by AP_dsb@0.5 on the val split)",
         f"- training time: {info['train_seconds'] / 60:.1f} min on {info['machine']} "
         "(2 shared CPU cores, no GPU; other jobs were running)",
+        *([f"- note: {info['note']}"] if info.get("note") else []),
         "",
         "## Validation metrics (val split, whole images)",
         "",
@@ -204,6 +209,11 @@ def write_card(name: str) -> Path:
             for k in ("AP_dsb@0.5", "AP", "AP50", "AP75", "SBD", "absDiC", "PQ")
         )
         + " |",
+        "",
+        "AP_dsb@0.5 = TP / (TP + FP + FN) at IoU 0.5 with one-to-one matching, averaged over the "
+        "val images; COCO AP / AP50 / AP75 follow pycocotools, including its limit of 100 detections "
+        "per image (BBBC039 and DSB2018 images with more nuclei cap its recall); SBD and |DiC| as "
+        "in the CVPPP protocol; BBBC010 is scored against the overlapping per-worm masks.",
         "",
         "Literature reference points (other splits, other test sets; not comparable one to one): "
         "EmbedSeg reports AP_dsb@0.5 = 0.966 on BBBC010 (50/50 split) and 0.887 on DSB2018.",
@@ -237,10 +247,13 @@ def load_split(cfg, dataset: str) -> tuple[list, list]:
     return train_samples, val_samples
 
 
-def train_on_split(cfg, out, train_samples, val_samples, time_limit: float | None = None):
+def train_on_split(
+    cfg, out, train_samples, val_samples, time_limit: float | None = None, resume: bool = False
+):
     """Train with the engine's Trainer on the given samples (augmented as ``cfg.data`` says,
-    validated on ``val_samples``); returns (trainer, FitResult, training seconds)."""
-    trainer = Trainer(cfg, out)
+    validated on ``val_samples``); returns (trainer, FitResult, training seconds).
+    ``resume``: continue from ``out/last.pt`` (e.g. with a larger ``run.steps``)."""
+    trainer = Trainer(cfg, out, resume=resume)
     trainer.train_set = InstanceDataset(
         train_samples, transform=train_transform(cfg.data), targets=tuple(cfg.data.targets)
     )
@@ -281,6 +294,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch threads")
     ap.add_argument("--time-limit", type=float, default=None, help="stop training after S s")
     ap.add_argument("--ship", action="store_true", help="write src/instembed/pretrained/<name>.*")
+    ap.add_argument("--note", default=None, help="a line for the model card (how it was trained)")
+    ap.add_argument(
+        "--resume", action="store_true", help="continue the run in --out (e.g. -o run.steps=N)"
+    )
     ap.add_argument(
         "--finish", action="store_true", help="skip training: select/tune/ship from --out"
     )
@@ -298,7 +315,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.finish:  # training already done in --out: only select, tune and ship
         steps, train_s = finished_run(out)
     else:
-        _, result, train_s = train_on_split(cfg, out, train_samples, val_samples, args.time_limit)
+        before = finished_run(out)[1] if args.resume else 0.0
+        _, result, train_s = train_on_split(
+            cfg, out, train_samples, val_samples, args.time_limit, resume=args.resume
+        )
+        train_s += before
         steps = result.step
         (out / "train_time.json").write_text(json.dumps({"steps": steps, "seconds": train_s}))
 
@@ -348,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         "best_step": best_step,
         "train_seconds": round(train_s, 1),
         "machine": machine(),
+        "note": args.note,
         "cluster": {"method": cfg.cluster.method, "params": cfg.cluster.params},
         "cluster_grid": rows,
         "val_metrics": {k: metrics.get(k) for k in METRICS},
