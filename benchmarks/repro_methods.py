@@ -81,6 +81,20 @@ METHODS = {
     },
     # the pretrained recipe as it is; clustering thresholds as tuned for the shipped model
     "spatial+seeded": {"shipped_cluster": True},
+    # the same model with thresholds that suit a short run (its seed map stays below ~0.7 early)
+    "spatial+seeded@0.5": {
+        "eval_only": "spatial+seeded",
+        "cluster": {
+            "method": "seeded",
+            "params": {
+                "sigma_mode": "std",
+                "kernel": "gaussian",
+                "fg_thresh": 0.5,
+                "seed_thresh": 0.5,
+                "prob_thresh": 0.5,
+            },
+        },
+    },
     "center_offset": {
         "data": {"targets": ["center_offset"]},
         "model": {"heads": {"center": 1, "offset": 2, "semantic": 2}, "semiconv": False},
@@ -93,7 +107,12 @@ METHODS = {
 }
 TASKS = {
     "nuclei": list(METHODS),
-    "worms": ["discriminative+meanshift", "semiconv+meanshift", "spatial+seeded"],
+    "worms": [
+        "discriminative+meanshift",
+        "semiconv+meanshift",
+        "spatial+seeded",
+        "spatial+seeded@0.5",
+    ],
 }
 MODES = {"quick": {"steps": 120, "n_val": 6}, "full": {"steps": 1200, "n_val": None}}
 
