@@ -4,14 +4,21 @@ Every grouping method ends the same way: each foreground pixel goes to its neare
 (an instance centre in embedding space, or a predicted object centre in the image plane). A dense
 (pixels x centres) table costs N*K memory and time; :func:`assign_pixels` avoids most of it:
 
-1. the pixels of a coarse grid (every ``stride``-th row and column) are assigned exactly, by
-   brute force in chunks (N/stride^2 x K);
+1. the pixels of a coarse grid (every ``stride``-th row and column) are assigned exactly; the
+   grid itself is assigned the same way from a coarser grid, down to a few thousand pixels that
+   are assigned by brute force in chunks (a pyramid of grids);
 2. every other pixel takes the label of the grid pixel at the top-left of its block as a
-   *guess* g and computes its distance r to that one centre only;
+   *guess* g and computes its distance r to that one centre only (in chunks of block rows, one
+   dimension at a time, so the temporaries stay in cache);
 3. the guess is provably the nearest centre when r is below half the distance from c_g to the
    closest other centre (triangle inequality; with per-centre scales the bound is adapted, see
-   :func:`guaranteed_radius`); the few pixels that fail the test (object borders, outliers) are
-   assigned by brute force.
+   :func:`guaranteed_radius`);
+4. the pixels that fail (object borders, outliers, centres with a close neighbour) try the other
+   three corners of their block, then the few centres nearest to the best corner's centre,
+   certified when no other centre can be nearer; what is still left is assigned by brute force.
+
+:func:`assign_labels` writes the label image directly (nearest centre + 1, 0 for background and,
+optionally, for pixels beyond a kernel threshold ``max_q2``) without a full-size distance map.
 
 The result is the exact argmin (up to float rounding of near ties). Temporary memory is bounded
 by ``chunk_elements``, never by pixels x centres. Points are held as (D, N) (one contiguous row
