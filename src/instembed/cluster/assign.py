@@ -419,8 +419,10 @@ def _assign(
     if foreground.shape != (h, w):
         raise ValueError(f"foreground must be ({h}, {w}), got {list(foreground.shape)}")
     foreground = foreground.to(torch.bool)
-    centers = centers.to(embedding.dtype)
-    sc = expand_scale(scale, centers)
+    # a partition, not differentiable: no autograd graph (and the in-place passes need none)
+    embedding = embedding.detach()
+    centers = centers.detach().to(embedding.dtype)
+    sc = expand_scale(None if scale is None else scale.detach(), centers)
     k = centers.shape[0]
     cut = max_q2 < float("inf")
     if k == 1 or stride <= 1 or h < 2 * stride or w < 2 * stride:
@@ -498,7 +500,7 @@ def assign_pixels(
 
     Returns:
         index (H, W) int64, the nearest centre in [0, K) (-1 outside the foreground), and
-        q2 (H, W), the squared scaled distance to it (0 outside the foreground).
+        q2 (H, W), the squared scaled distance to it (0 outside the foreground; no gradient).
     """
     return _assign(
         embedding, foreground, centers, scale, stride, chunk_elements, True, 0, float("inf")
