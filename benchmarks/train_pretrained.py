@@ -191,7 +191,8 @@ def write_card(name: str) -> Path:
         f"- optimiser: {cfg['optim']['optimizer']} lr {cfg['optim']['lr']}, "
         f"{cfg['optim']['schedule']} schedule, {cfg['run']['steps']} steps planned, "
         f"{info['steps']} done; checkpoint of step {info['best_step']} kept (of the in-training "
-        f"best by {cfg['run']['best_metric']} on {cfg['run']['max_val_images']} val images and the "
+        f"best by {cfg['run']['best_metric']} on "
+        f"{min(cfg['run']['max_val_images'] or split['n_val'], split['n_val'])} val images and the "
         "last checkpoint, the one with the higher val AP_dsb@0.5 after threshold tuning)",
         f"- clustering: `{info['cluster']['method']}` {info['cluster']['params']} (thresholds "
         "picked by AP_dsb@0.5 on the val split)",
