@@ -16,7 +16,9 @@ Seeds are visited in descending seed score among foreground pixels that are not 
   SpatialEmbeddings removes it before counting, which rejects every one-pixel instance);
 * the instance's score is its seed score.
 
-``sigma_mode`` says how the sigma map turns into the scale of q2: ``"neven"`` scale = exp(10 sigma)
+``sigma_mode`` says how the sigma map turns into the scale of q2 (default ``"std"``, the convention of
+``instembed.models``: the ``sigma`` head outputs sigma itself, > 0, in embedding units):
+``"neven"`` scale = exp(10 sigma)
 (SpatialEmbeddings' and EmbedSeg's parameterisation of the raw head output), ``"std"`` sigma is a
 standard deviation (Gaussian: scale = 1 / (2 sigma^2); Laplacian: scale = 1 / sigma^2, i.e.
 ``exp(-|e - e_s| / sigma)`` as in Novotny's steered bilateral kernel), ``"scale"`` the map already
@@ -44,7 +46,7 @@ from instembed.cluster.sampling import grid_sample, grid_step
 from instembed.cluster.threads import one_intra_op_thread
 
 
-def sigma_to_scale(sigma: Tensor, sigma_mode: str = "neven", kernel: str = "gaussian") -> Tensor:
+def sigma_to_scale(sigma: Tensor, sigma_mode: str = "std", kernel: str = "gaussian") -> Tensor:
     """Scale of the squared distance q2 from a sigma map or vector (see the module docstring).
 
     Args:
@@ -87,7 +89,7 @@ def seeded_cluster(
     new_fraction: float = 0.5,
     prob_thresh: float = 0.5,
     kernel: str = "gaussian",
-    sigma_mode: str = "neven",
+    sigma_mode: str = "std",
     max_points: int = 16384,
     stride: int = 4,
 ) -> tuple[Tensor, Tensor, Tensor]:

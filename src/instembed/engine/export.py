@@ -89,7 +89,7 @@ class SeededExport(ScriptedNet):
         self.new_fraction = float(params.get("new_fraction", 0.5))
         self.prob_thresh = float(params.get("prob_thresh", 0.5))
         self.kernel = str(params.get("kernel", "gaussian"))
-        self.sigma_mode = str(params.get("sigma_mode", "neven"))
+        self.sigma_mode = str(params.get("sigma_mode", "std"))
         self.max_points = int(params.get("max_points", 16384))
         self.stride = int(params.get("stride", 4))
 
