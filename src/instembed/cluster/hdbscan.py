@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from instembed.cluster.assign import assign_pixels
-from instembed.cluster.sampling import grid_sample, grid_step
+from instembed.cluster.sampling import foreground_sample
 
 
 def hdbscan_cluster(
@@ -42,17 +42,10 @@ def hdbscan_cluster(
     from sklearn.cluster import HDBSCAN
 
     e, h, w = embedding.shape
-    fg = (
-        torch.ones(h, w, dtype=torch.bool, device=embedding.device)
-        if foreground is None
-        else foreground
-    )
+    fg, pts = foreground_sample(embedding, foreground, max_points)
     zeros = torch.zeros(h, w, dtype=torch.long, device=embedding.device)
-    n_fg = int(fg.sum().item())
-    if n_fg == 0:
+    if pts is None:
         return zeros, embedding.new_zeros((0, e))
-    sample, _ = grid_sample(embedding, fg, grid_step(n_fg, max_points))
-    pts = sample.t().contiguous()
     if pts.shape[0] < 2:
         return torch.where(fg, 1, zeros), pts.clone()
     extra = dict(hdbscan_params)

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from instembed.cluster.assign import assign_pixels, nearest_center
-from instembed.cluster.sampling import grid_sample, grid_step
+from instembed.cluster.sampling import foreground_sample
 
 
 def _kmeans_pp(points: Tensor, k: int, gen: torch.Generator) -> Tensor:
@@ -103,19 +103,11 @@ def kmeans_cluster(
         labels (H, W) int64 (0 = background) and centers (K, E).
     """
     e, h, w = embedding.shape
-    fg = (
-        torch.ones(h, w, dtype=torch.bool, device=embedding.device)
-        if foreground is None
-        else foreground
-    )
-    n_fg = int(fg.sum().item())
-    if n_fg == 0:
+    fg, sample = foreground_sample(embedding, foreground, max_points)
+    if sample is None:
         return torch.zeros(h, w, dtype=torch.long, device=embedding.device), embedding.new_zeros(
             (0, e)
         )
-    sample, _ = grid_sample(embedding, fg, grid_step(n_fg, max_points))
-    _, centers = kmeans(
-        sample.t().contiguous(), k, n_init=n_init, max_iter=max_iter, tol=tol, seed=seed
-    )
+    _, centers = kmeans(sample, k, n_init=n_init, max_iter=max_iter, tol=tol, seed=seed)
     index, _ = assign_pixels(embedding, fg, centers, None, stride)
     return index + 1, centers

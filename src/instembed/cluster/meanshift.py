@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from instembed.cluster.assign import assign_pixels, nearest_center
-from instembed.cluster.sampling import grid_sample, grid_step
+from instembed.cluster.sampling import foreground_sample
 
 KERNELS = ("flat", "gaussian")
 
@@ -185,20 +185,13 @@ def meanshift_cluster(
         labels (H, W) int64 (0 = background) and centers (K, E).
     """
     e, h, w = embedding.shape
-    fg = (
-        torch.ones(h, w, dtype=torch.bool, device=embedding.device)
-        if foreground is None
-        else foreground
-    )
-    n_fg = int(fg.sum().item())
-    if n_fg == 0:
+    fg, sample = foreground_sample(embedding, foreground, max_points)
+    if sample is None:
         return torch.zeros(h, w, dtype=torch.long, device=embedding.device), embedding.new_zeros(
             (0, e)
         )
-    step = grid_step(n_fg, max_points)
-    sample, _ = grid_sample(embedding, fg, step)
     _, centers = mean_shift(
-        sample.t().contiguous(),
+        sample,
         bandwidth,
         kernel=kernel,
         seeding=seeding,

@@ -46,3 +46,29 @@ def grid_sample(maps: Tensor, foreground: Tensor, step: int) -> tuple[Tensor, Te
     gy = torch.div(gflat, gw, rounding_mode="floor")
     flat = gy * step * w + (gflat - gy * gw) * step
     return values, flat
+
+
+def foreground_sample(
+    embedding: Tensor, foreground: Tensor | None, max_points: int
+) -> tuple[Tensor, Tensor | None]:
+    """The foreground mask and a grid sample of its embeddings, for the sample-then-assign
+    clusterers (k-means, mean-shift, HDBSCAN).
+
+    Args:
+        embedding: (E, H, W); foreground: (H, W) bool or None (every pixel).
+        max_points: upper bound on the sample size (see :func:`grid_step`).
+
+    Returns:
+        fg (H, W) bool and the sample (M, E) as rows, or None when there is no foreground.
+    """
+    _, h, w = embedding.shape
+    fg = (
+        torch.ones(h, w, dtype=torch.bool, device=embedding.device)
+        if foreground is None
+        else foreground
+    )
+    n_fg = int(fg.sum().item())
+    if n_fg == 0:
+        return fg, None
+    sample, _ = grid_sample(embedding, fg, grid_step(n_fg, max_points))
+    return fg, sample.t().contiguous()
