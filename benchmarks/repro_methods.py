@@ -219,7 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": f"methods_{args.task}",
         "script": f"benchmarks/repro_methods.py --task {args.task} --dataset {dataset}"
-        + (" --quick" if args.quick else ""),
+        + (" --quick" if args.quick else "")
+        + (f" --steps {args.steps}" if args.steps else "")
+        + (f" --n-val {args.n_val}" if args.n_val else ""),
         "base_config": str(base_path.relative_to(REPO)),
         "mode": mode,
         "rows": rows,

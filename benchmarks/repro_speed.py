@@ -57,15 +57,40 @@ def time_model(model, size: int, repeat: int) -> tuple[float, float]:
     return 1.0 / t, t
 
 
+def measure_one(label: str, size: int, repeat: int) -> dict:
+    """One measurement in this (fresh) process: peak memory = growth of the peak resident set
+    from after the model is built to after the timed runs (network activations + clustering)."""
+    from instembed.models import build_model
+
+    name, params = BACKBONES[label]
+    model = build_model(name, 1, heads=HEADS, semiconv=True, **params)
+    n_params = sum(p.numel() for p in model.parameters())
+    before = peak_rss_mb()
+    ips, _ = time_model(model, size, repeat)
+    return {
+        "backbone": label,
+        "params": n_params,
+        "size": size,
+        "images_per_s": round(ips, 3),
+        "peak_mb": round(peak_rss_mb() - before, 1),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument(
+        "--one", nargs=3, metavar=("BACKBONE", "SIZE", "REPEAT"), help=argparse.SUPPRESS
+    )
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from instembed.models import build_model
+    if args.one:
+        print(json.dumps(measure_one(args.one[0], int(args.one[1]), int(args.one[2]))))
+        return 0
+    import subprocess
 
     mode = MODES["quick" if args.quick else "full"]
     ap_of: dict[str, float] = {}
@@ -76,20 +101,14 @@ def main(argv: list[str] | None = None) -> int:
         key = f"unet-d{p.get('depth')}w{p.get('width')}"
         ap_of[key] = info["val_metrics"]["AP_dsb@0.5"]
     rows = []
-    for label, (name, params) in BACKBONES.items():
-        model = build_model(name, 1, heads=HEADS, semiconv=True, **params)
-        n_params = sum(p.numel() for p in model.parameters())
+    for label in BACKBONES:
         for size in mode["sizes"]:
-            before = peak_rss_mb()
-            ips, _ = time_model(model, size, mode["repeat"])
-            row = {
-                "backbone": label,
-                "params": n_params,
-                "size": size,
-                "images_per_s": round(ips, 3),
-                "peak_mb": round(max(peak_rss_mb() - before, 0.0), 1),
-                "AP_dsb@0.5": ap_of.get(label),
-            }
+            cmd = [sys.executable, __file__, "--one", label, str(size), str(mode["repeat"])]
+            if args.threads:
+                cmd += ["--threads", str(args.threads)]
+            line = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            row = json.loads(line.strip().splitlines()[-1])
+            row["AP_dsb@0.5"] = ap_of.get(label)
             rows.append(row)
             print(json.dumps(row))
     result = {
@@ -97,9 +116,10 @@ def main(argv: list[str] | None = None) -> int:
         "script": "benchmarks/repro_speed.py" + (" --quick" if args.quick else ""),
         "rows": rows,
         "threads": torch.get_num_threads(),
-        "note": "peak MB = growth of the process's peak resident memory during that measurement "
-        "(0 when an earlier, larger run already set the peak); AP only for backbones with a "
-        "trained model (the shipped bbbc039-nuclei); timings on a CPU shared with other jobs.",
+        "note": "Each measurement runs in a fresh process; peak MB = growth of its peak resident "
+        "memory from after the model is built to after the timed runs (inference at batch 1, "
+        "network + seeded clustering); images/s = median of the repeats. AP only for backbones "
+        "with a trained model (the shipped bbbc039-nuclei); timings on a CPU shared with other jobs.",
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
