@@ -108,10 +108,10 @@ def section_coloring(results: Path) -> list[str]:
 
 
 METHOD_NOTES = {
-    "worms": "At --quick budgets no method separates the worms yet (AP_dsb@0.5 = 0 for all); the "
-    "spatial-embedding model trained for 1400 steps (the shipped `bbbc010-worms`) reaches 0.377 "
-    "on all 10 val wells. The full mode (1200 steps per method) needs about an hour per method "
-    "on this CPU and was not run in this session.",
+    "worms": "At {steps} steps per method no method separates the worms yet (AP_dsb@0.5 < 0.03; "
+    "X; the spatial-embedding model trained for 1400 steps (the shipped "
+    "`bbbc010-worms`) reaches 0.377 on the same 10 val wells. The full mode (1200 steps per "
+    "method) needs about an hour per method on this CPU and was not run in this session.",
     "nuclei": "`spatial+seeded` clusters with the thresholds tuned for the shipped, fully trained "
     "model (seed_thresh 0.8), which a 120-step model's seed map does not reach; "
     "`spatial+seeded@0.5` is the same network with seed_thresh 0.5. The discriminative loss "
@@ -132,13 +132,13 @@ def section_methods(results: Path, task: str, dataset: str, title: str) -> list[
     lines += table(["method", *keys, "steps", "val images"], rows)
     lines += [
         "",
-        f"Script: `{r['script']}` ({r['mode']} mode, {r['seconds'] / 60:.0f} min, {r['threads']} "
-        f"thread(s)); base config `{r['base_config']}` with the per-method sections of "
+        f"Script: `{r['script']}` ({r['mode']} mode, {r['threads']} thread(s); training seconds "
+        "per method in the JSON, `train_s`); base config `{r['base_config']}` with the per-method sections of "
         "`benchmarks/repro_methods.py` (full resolved configs in the JSON).",
         "",
     ]
     if r["mode"] == "quick" and task in METHOD_NOTES:
-        lines += [METHOD_NOTES[task], ""]
+        lines += [METHOD_NOTES[task].format(steps=r["rows"][0]["steps"]), ""]
     return lines
 
 
