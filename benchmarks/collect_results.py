@@ -109,7 +109,8 @@ def section_coloring(results: Path) -> list[str]:
 
 METHOD_NOTES = {
     "worms": "At {steps} steps per method no method separates the worms yet (AP_dsb@0.5 < 0.03; "
-    "X; the spatial-embedding model trained for 1400 steps (the shipped "
+    "the semi-conv model's semantic head calls every pixel background -- 0 % foreground on val "
+    "well A04 against 4 % true -- so mean-shift gets no foreground); the spatial-embedding model trained for 1400 steps (the shipped "
     "`bbbc010-worms`) reaches 0.377 on the same 10 val wells. The full mode (1200 steps per "
     "method) needs about an hour per method on this CPU and was not run in this session.",
     "nuclei": "`spatial+seeded` clusters with the thresholds tuned for the shipped, fully trained "
