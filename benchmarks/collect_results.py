@@ -113,10 +113,11 @@ METHOD_NOTES = {
     "well A04 against 4 % true -- so mean-shift gets no foreground); the spatial-embedding model trained for 1400 steps (the shipped "
     "`bbbc010-worms`) reaches 0.377 on the same 10 val wells. The full mode (1200 steps per "
     "method) needs about an hour per method on this CPU and was not run in this session.",
-    "nuclei": "`spatial+seeded` clusters with the thresholds tuned for the shipped, fully trained "
-    "model (seed_thresh 0.8), which a 120-step model's seed map does not reach; "
-    "`spatial+seeded@0.5` is the same network with seed_thresh 0.5. The discriminative loss "
-    "with mean-shift learns slowest at this budget.",
+    "nuclei": "At {steps} steps per method. `spatial+seeded` clusters with the thresholds tuned "
+    "for the shipped, fully trained model (seed_thresh 0.8), which a short run's seed map may not "
+    "reach yet; `spatial+seeded@0.5` is the same network with seed_thresh 0.5. Discriminative and "
+    "semi-conv embeddings with mean-shift (bandwidth 0.5, as in the engine's example configs) "
+    "learn far more slowly at these budgets.",
 }
 
 
@@ -134,7 +135,7 @@ def section_methods(results: Path, task: str, dataset: str, title: str) -> list[
     lines += [
         "",
         f"Script: `{r['script']}` ({r['mode']} mode, {r['threads']} thread(s); training seconds "
-        "per method in the JSON, `train_s`); base config `{r['base_config']}` with the per-method sections of "
+        f"per method in the JSON, `train_s`); base config `{r['base_config']}` with the per-method sections of "
         "`benchmarks/repro_methods.py` (full resolved configs in the JSON).",
         "",
     ]
