@@ -137,6 +137,7 @@ def load_samples(dc: DataConfig, seed: int) -> tuple[Any, Any]:
 
     Synthetic: ``make_samples(synth, n_train, size, seed)`` and ``n_val`` more with seed
     ``seed + 1_000_003``. Folder: ``open_dataset(path)``, validation from ``val_path`` or the
+    recorded split ``split`` (:func:`instembed.data.splits.split_dataset`), or the
     last ``val_fraction`` of the (sorted) training set. Raises ``FileNotFoundError`` for a
     missing folder and ``ValueError`` for an empty data set, naming the path.
     """
@@ -171,6 +172,13 @@ def load_samples(dc: DataConfig, seed: int) -> tuple[Any, Any]:
         if len(val) == 0:
             raise ValueError(f"data.val_path: empty data set (no samples found) in {vpath}")
         return train, val
+    if dc.split is not None:
+        from instembed.data.splits import split_dataset
+
+        try:
+            return split_dataset(train, dc.split)
+        except ValueError as err:
+            raise ValueError(f"data.split: {err}") from None
     n_val = int(round(len(train) * dc.val_fraction))
     if n_val == 0 or n_val >= len(train):
         return _Subset(train, range(len(train))), _Subset(train, range(0))

@@ -42,7 +42,8 @@ class DataConfig:
 
     Either ``synth`` names a synthetic generator (:func:`instembed.data.synth.make_samples` kind)
     or ``path`` names a data folder read by :func:`instembed.data.readers.open_dataset`.
-    Validation uses ``val_path`` when given, else the last ``val_fraction`` of the training set
+    Validation uses ``val_path`` when given, else the recorded split named by ``split``
+    (:mod:`instembed.data.splits`), else the last ``val_fraction`` of the training set
     (synthetic: ``n_val`` extra samples with another seed).
     """
 
@@ -56,6 +57,7 @@ class DataConfig:
     reader_params: dict[str, Any] = field(default_factory=dict)
     val_path: str | None = None
     val_fraction: float = 0.1  # used when val_path is None and data come from path
+    split: str | None = None  # recorded split of instembed.data.splits ("bbbc039", ...)
     crop: list[int] | None = None  # random crop (H, W) for training; None = whole image
     flip: bool = True
     rot90: bool = True
