@@ -393,11 +393,7 @@ class BBBC010Reader(Reader):
         return items
 
     def _check(self, item: Item) -> None:
-        shape = io.probe(item.image).shape
-        for p in item.labels:
-            sh = io.probe(p).shape
-            if sh != shape:
-                raise ValueError(f"{p}: mask size {sh} differs from image size {shape}")
+        _check_mask_sizes(item)
 
     def _load(self, item: Item) -> Sample:
         image, dtype = self._image(item.image)
@@ -409,6 +405,15 @@ class BBBC010Reader(Reader):
             classes=np.ones(len(masks), np.int64),
             meta={"image_dtype": dtype, "label_encoding": "stack"},
         )
+
+
+def _check_mask_sizes(item: Item) -> None:
+    """Header check of the one-mask-per-object layouts: every mask has the image's size."""
+    shape = io.probe(item.image).shape
+    for p in item.labels:
+        sh = io.probe(p).shape
+        if sh != shape:
+            raise ValueError(f"{p}: mask size {sh} differs from image size {shape}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -453,11 +458,7 @@ class DSB2018Reader(Reader):
         return items
 
     def _check(self, item: Item) -> None:
-        shape = io.probe(item.image).shape
-        for p in item.labels:
-            sh = io.probe(p).shape
-            if sh != shape:
-                raise ValueError(f"{p}: mask size {sh} differs from image size {shape}")
+        _check_mask_sizes(item)
 
     def _load(self, item: Item) -> Sample:
         image, dtype = self._image(item.image)
