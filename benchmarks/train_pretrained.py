@@ -61,6 +61,8 @@ GRIDS = {
     },
     "center_offset": {"center_thresh": [0.1, 0.2, 0.3]},
 }
+# kernel values above which a pixel also joins a second instance (None: one instance per pixel)
+OVERLAP_GRID = [None, 0.3, 0.4, 0.5]
 
 log = logging.getLogger("train_pretrained")
 
@@ -102,7 +104,8 @@ def evaluate_outputs(outputs, samples, cluster) -> dict[str, float]:
     for out, s in zip(outputs, samples):
         res = cluster_outputs(out, cluster)
         scores = None if res.scores is None else res.scores.numpy()
-        ev.add(s.instances, res.labels.numpy(), scores=scores, ignore=s.ignore)
+        pred = res.labels if res.masks is None else res.masks  # overlapping masks
+        ev.add(s.instances, pred.numpy(), scores=scores, ignore=s.ignore)
     summary = ev.summary()
     return {k: float(v) for k, v in summary.items() if isinstance(v, int | float | np.number)}
 
@@ -112,7 +115,10 @@ def tune_cluster(model, samples, cfg) -> tuple[dict, dict[str, float], list[dict
 
     The network runs once per image; only the clustering is repeated per setting."""
     outputs = network_outputs(model, samples)
-    grid = GRIDS.get(cfg.cluster.method, {})
+    grid = dict(GRIDS.get(cfg.cluster.method, {}))
+    if cfg.cluster.method == "seeded" and any(s.instances.ndim == 3 for s in samples):
+        # overlapping ground truth (mask stacks): also try overlapping predicted masks
+        grid["overlap_thresh"] = OVERLAP_GRID
     keys = sorted(grid)
     rows = []
     best: tuple | None = None
@@ -163,11 +169,22 @@ def write_card(name: str) -> Path:
             for k, v in state.items()
             if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
         )
+    overlap = info["cluster"]["params"].get("overlap_thresh") is not None
+    written = (
+        "`<stem>.tif` (N, H, W) mask stacks, one mask per object, masks may overlap"
+        if overlap
+        else "`<stem>.tif` label images"
+    )
+    norm = {
+        "percentile": "input normalised with 1/99.8 percentiles",
+        "percentile_darkbg": "input normalised with 1/99.8 percentiles, then inverted when its "
+        "background is bright (bright-field, H&E) so that nuclei are bright",
+    }[cfg["data"]["reader_params"].get("normalize", "percentile")]
     lines = [
         f"# {name}",
         "",
-        f"Use: `instembed predict --model {name} IMAGES... --out DIR` (writes `<stem>.tif` label "
-        "images; input normalised with 1/99.8 percentiles, colour averaged to gray).",
+        f"Use: `instembed predict --model {name} IMAGES... --out DIR` (writes {written}; "
+        f"{norm}, colour averaged to gray).",
         "",
         "## Data and split",
         "",
@@ -198,6 +215,15 @@ def write_card(name: str) -> Path:
         "picked by AP_dsb@0.5 on the val split)",
         f"- training time: {info['train_seconds'] / 60:.1f} min on {info['machine']} "
         "(2 shared CPU cores, no GPU; other jobs were running)",
+        *(
+            [
+                f"- warm start: from the weights of the earlier `{info['init']['model']}` "
+                f"({info['init']['steps']} steps, {info['init']['train_seconds'] / 60:.1f} min, "
+                "included in the training time above); fresh optimiser and schedule"
+            ]
+            if info.get("init")
+            else []
+        ),
         *([f"- note: {info['note']}"] if info.get("note") else []),
         "",
         "## Validation metrics (val split, whole images)",
@@ -249,12 +275,23 @@ def load_split(cfg, dataset: str) -> tuple[list, list]:
 
 
 def train_on_split(
-    cfg, out, train_samples, val_samples, time_limit: float | None = None, resume: bool = False
+    cfg,
+    out,
+    train_samples,
+    val_samples,
+    time_limit: float | None = None,
+    resume: bool = False,
+    init: Path | None = None,
 ):
     """Train with the engine's Trainer on the given samples (augmented as ``cfg.data`` says,
     validated on ``val_samples``); returns (trainer, FitResult, training seconds).
-    ``resume``: continue from ``out/last.pt`` (e.g. with a larger ``run.steps``)."""
+    ``resume``: continue from ``out/last.pt`` (e.g. with a larger ``run.steps``);
+    ``init``: start from the weights of this checkpoint (fresh optimizer and schedule)."""
     trainer = Trainer(cfg, out, resume=resume)
+    if init is not None and not resume:
+        state = ck.load_checkpoint(init, map_location="cpu")
+        ck.load_model_state(trainer.model, state["model"], source=str(init))
+        log.info("initialised the weights from %s (its step %s)", init, state.get("step"))
     trainer.train_set = InstanceDataset(
         train_samples, transform=train_transform(cfg.data), targets=tuple(cfg.data.targets)
     )
@@ -265,6 +302,18 @@ def train_on_split(
     trainer.close()
     log.info("trained %d steps in %.0f s (%s)", result.step, train_s, result.status)
     return trainer, result, train_s
+
+
+def init_path(spec: str | None) -> Path | None:
+    """A checkpoint path from ``--init``: a file, or the name of a shipped model."""
+    if spec is None:
+        return None
+    if Path(spec).is_file():
+        return Path(spec)
+    shipped = PRETRAINED / f"{spec}.pt"
+    if shipped.is_file():
+        return shipped
+    raise SystemExit(f"--init {spec!r}: neither a checkpoint file nor a shipped model name")
 
 
 def finished_run(out: Path) -> tuple[int, float]:
@@ -300,6 +349,11 @@ def main(argv: list[str] | None = None) -> int:
         "--resume", action="store_true", help="continue the run in --out (e.g. -o run.steps=N)"
     )
     ap.add_argument(
+        "--init",
+        default=None,
+        help="start from these weights (a checkpoint, or a shipped model's name); fresh optimizer",
+    )
+    ap.add_argument(
         "--finish", action="store_true", help="skip training: select/tune/ship from --out"
     )
     ap.add_argument("-o", "--override", action="append", default=[], help="key=value override")
@@ -313,12 +367,23 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config, [*args.override, f"data.path={path}"])
     train_samples, val_samples = load_split(cfg, args.dataset)
     out = Path(args.out)
+    # warm start from a shipped model: its training time and steps count towards this one's
+    prior = None
+    if args.init is not None and (PRETRAINED / f"{args.init}.json").is_file():
+        d = json.loads((PRETRAINED / f"{args.init}.json").read_text())
+        prior = {"model": args.init, "steps": d["steps"], "train_seconds": d["train_seconds"]}
     if args.finish:  # training already done in --out: only select, tune and ship
         steps, train_s = finished_run(out)
     else:
         before = finished_run(out)[1] if args.resume else 0.0
         _, result, train_s = train_on_split(
-            cfg, out, train_samples, val_samples, args.time_limit, resume=args.resume
+            cfg,
+            out,
+            train_samples,
+            val_samples,
+            args.time_limit,
+            resume=args.resume,
+            init=init_path(args.init),
         )
         train_s += before
         steps = result.step
@@ -326,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # candidates: the best checkpoint of the in-training validation and the last one; each gets
     # its clustering thresholds tuned on the val split; the better pair (AP_dsb@0.5) is kept
+    if prior is not None:
+        train_s += prior["train_seconds"]
     from instembed.engine.build import build_model_from_config
 
     model = build_model_from_config(cfg.model)
@@ -371,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
         "train_seconds": round(train_s, 1),
         "machine": machine(),
         "note": args.note,
+        "init": prior,
         "cluster": {"method": cfg.cluster.method, "params": cfg.cluster.params},
         "cluster_grid": rows,
         "val_metrics": {k: metrics.get(k) for k in METRICS},

@@ -153,3 +153,72 @@ def test_translation_invariance_scripted_and_batch():
         single = cluster_embeddings(out.index(i), "seeded", **args)
         assert torch.equal(batch[i].labels, single.labels)
         assert torch.equal(batch[i].scores, single.scores)
+
+
+def _two_worms_crossing():
+    """Two instances with embedding centres A = (0, 0) and B = (3, 0); the middle column's
+    embeddings lie half-way, (1.5, 0): the crossing that belongs to both."""
+    h, w = 6, 9
+    emb = torch.zeros(2, h, w)
+    emb[0, :, 5:] = 3.0
+    emb[0, :, 4] = 1.5
+    seed = torch.full((h, w), 0.6)
+    seed[2, 1], seed[2, 7] = 0.95, 0.9  # seeds at the ends, far from the crossing
+    sigma = torch.ones(1, h, w)  # std 1: kernel exp(-|e - c|^2 / 2)
+    return Outputs(embedding=emb[None], seed=seed[None, None], sigma=sigma[None])
+
+
+def test_overlap_masks_by_hand():
+    out = _two_worms_crossing()
+    kw = dict(fg_thresh=0.5, seed_thresh=0.8, min_size=2, prob_thresh=0.3)
+    plain = cluster_embeddings(out, "seeded", **kw)
+    assert plain.masks is None
+    # kernel at the crossing to either centre: exp(-1.5^2 / 2) = 0.325
+    low = cluster_embeddings(out, "seeded", overlap_thresh=0.32, **kw)
+    high = cluster_embeddings(out, "seeded", overlap_thresh=0.33, **kw)
+    assert torch.equal(low.labels, plain.labels) and torch.equal(high.labels, plain.labels)
+    assert plain.num_instances == 2 and low.masks.shape == (2, 6, 9)
+    # without the overlap: the masks are exactly the label image's instances
+    for k in range(2):
+        assert torch.equal(high.masks[k], plain.labels == k + 1)
+    # with it: the crossing column (and only it) is in both masks
+    both = low.masks[0] & low.masks[1]
+    assert both[:, 4].all() and int(both.sum()) == 6
+    assert torch.equal(low.masks.any(0), plain.labels > 0)
+
+
+def test_overlap_masks_against_slow_reference():
+    """Each instance's scale is the mean sigma over its pixels; a pixel joins every instance
+    whose kernel exceeds the threshold (literal loops over pixels and instances)."""
+    from instembed.cluster.seeded import overlap_masks
+
+    for s in range(3):
+        emb, seed_map, sigma, _ = random_scene(s)
+        fg = seed_map > 0.3
+        labels, _, centers = seeded_cluster(
+            emb, seed_map, sigma, fg, seed_thresh=0.6, min_size=10, sigma_mode="std"
+        )
+        masks = overlap_masks(emb, sigma, labels, centers, fg, overlap_thresh=0.2)
+        k = centers.shape[0]
+        ref = torch.zeros(k, *labels.shape, dtype=torch.bool)
+        for i in range(k):
+            sd = float(sigma[0][labels == i + 1].mean())
+            for y in range(labels.shape[0]):
+                for x in range(labels.shape[1]):
+                    if labels[y, x] == i + 1:
+                        ref[i, y, x] = True
+                    elif fg[y, x]:
+                        q2 = float(((emb[:, y, x] - centers[i]) ** 2).sum()) / (2 * sd * sd)
+                        ref[i, y, x] = math.exp(-q2) > 0.2
+        assert torch.equal(masks, ref)
+        assert int((masks.sum(0) > 1).sum()) > 0  # the scenes do overlap at 0.2
+
+
+def test_overlap_thresh_needs_seeded():
+    emb = torch.zeros(2, 4, 4)
+    try:
+        cluster_embeddings(emb, "threshold", overlap_thresh=0.5, delta_v=0.5)
+    except ValueError as err:
+        assert "overlap_thresh" in str(err) and "seeded" in str(err)
+    else:
+        raise AssertionError("overlap_thresh with method 'threshold' did not raise")

@@ -43,6 +43,25 @@ def test_percentile_and_range_normalisation_by_hand():
     assert np.all(io.percentile_normalize(np.full((1, 4, 4), 7, np.uint16)) == 0)
 
 
+def test_dark_background_inverts_bright_backgrounds_only():
+    # bright background (median 0.9) with a dark object: inverted, object becomes bright
+    bright = np.full((1, 8, 8), 0.9, np.float32)
+    bright[0, 2:4, 2:4] = 0.1
+    out = io.dark_background(bright)
+    assert np.allclose(out, 1.0 - bright) and out[0, 2, 2] > out[0, 0, 0]
+    # dark background: unchanged (same object); colour: decided on the channel mean
+    dark = 1.0 - bright
+    assert io.dark_background(dark) is dark
+    rgb = np.stack([bright[0], bright[0] * 0.2, bright[0]])  # channel mean of bg 0.66
+    assert np.allclose(io.dark_background(rgb), 1.0 - rgb)
+    raw = (bright * 1000).astype(np.uint16)
+    assert np.allclose(
+        io.normalize_image(raw, "percentile_darkbg"), 1.0 - io.percentile_normalize(raw)
+    )
+    with pytest.raises(ValueError, match="percentile_darkbg"):
+        io.normalize_image(raw, "darkbg")
+
+
 def _two_touching_and_one_apart():
     r = np.zeros((12, 16), np.uint8)
     r[2:6, 2:6] = 1  # instance A, value 1

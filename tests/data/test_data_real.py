@@ -121,3 +121,19 @@ def test_stardist_example_label_image(shared_data):
     # SOURCE.md: 125 instances, ids up to 183, not consecutive
     assert enc == "ids" and lab.max() == 183
     assert len(np.unique(lab)) - 1 == 125
+
+
+def test_dsb2018_dark_background_rule_follows_the_ground_truth(shared_data):
+    """``percentile_darkbg`` inverts exactly the images whose nuclei are darker than their
+    background (bright-field, H&E) on the first 60 DSB2018 images, and some of them are."""
+    reader = open_dataset(shared_data("dsb2018"), format="dsb2018", normalize="percentile")
+    n_inverted = 0
+    for i in range(min(60, len(reader))):
+        s = reader[i]
+        gray = s.image.mean(0)
+        fg = s.instances > 0 if s.instances.ndim == 2 else s.instances.any(0)
+        nuclei_dark = gray[fg].mean() < gray[~fg].mean()
+        inverted = io.dark_background(s.image) is not s.image
+        assert inverted == nuclei_dark, (s.path, gray[fg].mean(), gray[~fg].mean())
+        n_inverted += inverted
+    assert 5 <= n_inverted <= 55

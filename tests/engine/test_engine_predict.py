@@ -241,3 +241,23 @@ def test_predict_cli_missing_inputs(tmp_path, capsys):
         ]
     )
     assert rc == 2 and "missing.pt" in capsys.readouterr().err
+
+
+def test_overlapping_prediction_is_written_as_a_mask_stack(tmp_path):
+    from instembed.data.io import read_labels
+    from instembed.engine.predict import Prediction, WriteOptions, write_prediction
+
+    masks = np.zeros((2, 10, 12), bool)
+    masks[0, 2:8, 1:7] = True
+    masks[1, 5:9, 5:11] = True  # overlaps mask 0 on rows 5-7, cols 5-6
+    labels = np.where(masks[0], 1, np.where(masks[1], 2, 0)).astype(np.int32)
+    pred = Prediction(labels, np.array([0.9, 0.8], np.float32), masks=masks)
+    image = np.random.default_rng(0).random((1, 10, 12)).astype(np.float32)
+    written = write_prediction(tmp_path, "a", image, pred, WriteOptions())
+    assert tmp_path / "a.tif" in written
+    back = read_labels(tmp_path / "a.tif")
+    assert back.dtype == bool and np.array_equal(back, masks)
+    recs = json.loads((tmp_path / "a.json").read_text())["instances"]
+    assert [r["area"] for r in recs] == [36, 24]  # overlap counted in both
+    with pytest.raises(ValueError, match="mask-stack TIFF"):
+        write_prediction(tmp_path, "b", image, pred, WriteOptions(labels_format="png"))

@@ -100,3 +100,22 @@ def test_overlay_shape_and_tint():
     assert rgb.shape == (10, 12, 3) and rgb.dtype == np.uint8
     assert rgb[0, 0].tolist() == [0, 0, 0]  # black background stays black
     assert rgb[3, 3].sum() > 0  # instance pixels are tinted
+
+
+def test_instance_records_and_coco_results_of_a_mask_stack():
+    from pycocotools import mask as mask_utils
+
+    masks = np.zeros((3, 6, 8), bool)
+    masks[0, 1:3, 2:5] = True  # area 6, bbox [2, 1, 3, 2]
+    masks[1, 2:6, 4] = True  # area 4, bbox [4, 2, 1, 4]; shares (2, 4) with mask 0
+    # mask 2 is empty -> skipped
+    recs = W.instance_records(masks, scores=np.array([0.9, 0.5, 0.2]))
+    assert recs == [
+        {"id": 1, "score": 0.9, "class": 1, "area": 6, "bbox": [2, 1, 3, 2]},
+        {"id": 2, "score": 0.5, "class": 1, "area": 4, "bbox": [4, 2, 1, 4]},
+    ]
+    res = W.coco_result_records(3, masks, np.array([0.9, 0.5, 0.2]))
+    assert [r["area"] for r in res] == [6, 4]
+    for r, m in zip(res, masks):
+        rle = {"size": r["segmentation"]["size"], "counts": r["segmentation"]["counts"].encode()}
+        assert np.array_equal(mask_utils.decode(rle).astype(bool), m)

@@ -23,7 +23,7 @@ from instembed.cluster.postprocess import (
     remove_small_instances,
 )
 from instembed.cluster.result import ClusterResult
-from instembed.cluster.seeded import seeded_cluster
+from instembed.cluster.seeded import overlap_masks, seeded_cluster
 from instembed.cluster.threads import one_intra_op_thread
 from instembed.cluster.threshold import threshold_cluster
 from instembed.models.outputs import Outputs
@@ -33,7 +33,15 @@ log = logging.getLogger(__name__)
 METHODS = ("meanshift", "threshold", "seeded", "kmeans", "hdbscan", "center_offset")
 
 # parameters handled here, not by the method functions
-_POST = ("min_size", "fill_holes", "score", "thing_classes", "fg_thresh", "batch_index")
+_POST = (
+    "min_size",
+    "fill_holes",
+    "score",
+    "thing_classes",
+    "fg_thresh",
+    "batch_index",
+    "overlap_thresh",
+)
 
 
 def _field(outputs: Outputs, name: str, b: int, method: str) -> Tensor:
@@ -106,11 +114,12 @@ def cluster_embeddings(
             post-processing ones: ``min_size`` (int, smaller instances removed), ``fill_holes``
             (bool), ``score`` ("seed", "foreground", "product" or "constant", see
             :func:`instance_scores`), ``thing_classes`` (semantic classes that hold instances),
-            ``fg_thresh`` (default 0.5), ``batch_index``.
+            ``fg_thresh`` (default 0.5), ``batch_index``; ``overlap_thresh`` ("seeded" only):
+            also return overlapping masks, see :func:`instembed.cluster.seeded.overlap_masks`.
 
     Returns:
         ClusterResult with sequential labels (H, W), scores (N,), classes (N,) when the outputs
-        have a semantic map, centers (N, D).
+        have a semantic map, centers (N, D), masks (N, H, W) with ``overlap_thresh``.
     """
     with one_intra_op_thread():  # see instembed.cluster.threads
         return _cluster_embeddings(outputs_or_embedding, method, foreground, params)
@@ -132,6 +141,11 @@ def _cluster_embeddings(
     score_mode = params.pop("score", "seed")
     thing_classes = params.pop("thing_classes", None)
     fg_thresh = float(params.pop("fg_thresh", 0.5))
+    overlap_thresh = params.pop("overlap_thresh", None)
+    if overlap_thresh is not None and method != "seeded":
+        raise ValueError(
+            f"overlap_thresh (overlapping masks) needs method 'seeded', got method {method!r}"
+        )
     out, b = _inputs(outputs_or_embedding, b)
 
     seed_map = out.seed[b, 0] if out.seed is not None and b < out.seed.shape[0] else None
@@ -196,8 +210,23 @@ def _cluster_embeddings(
     if semantic is not None:
         cand = thing_classes if thing_classes is not None else range(out.semantic.shape[1])
         classes = majority_class(labels, semantic, n, cand)
+    masks = None
+    if overlap_thresh is not None:
+        assert fg is not None  # seeded: the seed map gives the foreground
+        masks = overlap_masks(
+            emb,
+            sigma,
+            labels,
+            centers,
+            fg,
+            float(overlap_thresh),
+            kernel=params.get("kernel", "gaussian"),
+            sigma_mode=params.get("sigma_mode", "std"),
+        )
     log.debug("cluster_embeddings(%s): %d instances", method, n)
-    return ClusterResult(labels=labels, scores=scores, classes=classes, centers=centers)
+    return ClusterResult(
+        labels=labels, scores=scores, classes=classes, centers=centers, masks=masks
+    )
 
 
 def cluster_batch(

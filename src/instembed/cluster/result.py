@@ -17,12 +17,16 @@ class ClusterResult:
         classes: optional (N,) int64 semantic class of each instance.
         centers: optional (N, D) centre of each instance in the space it was clustered in
             (embedding space, or (y, x) pixel position for center/offset grouping).
+        masks: optional (N, H, W) bool overlapping masks (``overlap_thresh`` of the seeded
+            clustering); ``masks[i]`` contains ``labels == i + 1`` and may share pixels with
+            other masks. None when the method gives one instance per pixel.
     """
 
     labels: torch.Tensor
     scores: torch.Tensor
     classes: torch.Tensor | None = None
     centers: torch.Tensor | None = None
+    masks: torch.Tensor | None = None
 
     @property
     def num_instances(self) -> int:
@@ -35,4 +39,5 @@ class ClusterResult:
             scores=self.scores.to(device),
             classes=None if self.classes is None else self.classes.to(device),
             centers=None if self.centers is None else self.centers.to(device),
+            masks=None if self.masks is None else self.masks.to(device),
         )

@@ -320,3 +320,56 @@ def _seed_loop_numpy(
         avail[proposal] = -np.inf
         n_unclustered -= n_new
     return accepted, scores
+
+
+def overlap_masks(
+    embedding: Tensor,
+    sigma: Tensor,
+    labels: Tensor,
+    centers: Tensor,
+    foreground: Tensor,
+    overlap_thresh: float = 0.5,
+    kernel: str = "gaussian",
+    sigma_mode: str = "std",
+) -> Tensor:
+    """Overlapping instance masks from a seeded clustering (objects that cross, e.g. worms).
+
+    Instance k keeps its own pixels (``labels == k``) and also takes every foreground pixel whose
+    kernel value to its centre exceeds ``overlap_thresh`` although another centre is nearer:
+    ``exp(-q2) > overlap_thresh`` (Gaussian) with ``q2 = sum_j scale_kj (e_j - c_kj)^2``. The
+    scale of instance k comes from the mean sigma over its pixels (the quantity the spatial
+    embedding loss pulls every pixel's sigma towards, Neven et al. 2019).
+
+    Args:
+        embedding: (E, H, W); sigma: (S, H, W) with S = 1 or E.
+        labels: (H, W) int64, 0 = background, instances 1..K.
+        centers: (K, E) centre of instance k + 1 (the seed embedding).
+        foreground: (H, W) bool.
+        overlap_thresh: kernel value in (0, 1) above which a pixel joins a second instance.
+        kernel, sigma_mode: as in :func:`seeded_cluster`.
+
+    Returns:
+        (K, H, W) bool; ``masks[k]`` contains ``labels == k + 1``.
+    """
+    q2_max = kernel_q2_threshold(overlap_thresh, kernel)
+    e, h, w = embedding.shape
+    k = int(centers.shape[0])
+    lab = labels.reshape(-1)
+    masks = torch.zeros(k, h * w, dtype=torch.bool, device=labels.device)
+    if k == 0:
+        return masks.reshape(0, h, w)
+    masks[lab[lab > 0] - 1, (lab > 0).nonzero().squeeze(1)] = True
+    fg = (foreground.reshape(-1).to(torch.bool)) | (lab > 0)
+    flat = fg.nonzero().squeeze(1)
+    pts = embedding.reshape(e, -1).index_select(1, flat)  # (E, M)
+    sig = sigma.reshape(sigma.shape[0], -1).to(embedding.dtype)
+    # mean sigma of each instance: (S, K)
+    counts = torch.bincount(lab, minlength=k + 1)[1:].clamp(min=1).to(embedding.dtype)
+    sums = torch.zeros(sig.shape[0], k + 1, dtype=embedding.dtype, device=embedding.device)
+    sums.index_add_(1, lab, sig)
+    scale = sigma_to_scale(sums[:, 1:] / counts, sigma_mode, kernel)  # (S, K)
+    for i in range(k):
+        d = pts - centers[i].to(pts.dtype)[:, None]
+        q2 = (d * d * scale[:, i : i + 1]).sum(0)
+        masks[i, flat[q2 < q2_max]] = True
+    return masks.reshape(k, h, w)

@@ -125,9 +125,11 @@ def run(args) -> int:
         stem = path.stem
         write_prediction(out, stem, image, pred, opts)
         n_done += 1
-        n_inst += int(pred.labels.max()) if pred.labels.size else 0
+        n_inst += pred.num_instances
         if args.coco:
-            coco_records += W.coco_result_records(image_id, pred.labels, pred.scores, pred.classes)
+            coco_records += W.coco_result_records(
+                image_id, pred.instances, pred.scores, pred.classes
+            )
         if args.panoptic:
             seg, infos = W.panoptic_segments(pred.labels, pred.classes, pred.semantic, stuff)
             W.write_panoptic_png(out / "panoptic" / f"{stem}.png", seg)

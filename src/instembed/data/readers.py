@@ -1073,7 +1073,7 @@ def open_dataset(path: str | os.PathLike, format: str = "auto", **kw) -> Reader:
     """Open a data set folder (or COCO json) as a :class:`Reader` of Samples.
 
     ``format``: ``"auto"`` (detect and log the choice) or one of :data:`FORMATS`. ``kw`` go to
-    the reader: ``normalize`` (``"percentile"``/``"range"``/``"none"``), ``channels``,
+    the reader: ``normalize`` (``"percentile"``/``"percentile_darkbg"``/``"range"``/``"none"``), ``channels``,
     ``validate`` (``"header"``/``"full"``/``"none"``), ``skip_bad`` and the reader's own options.
     """
     if format == "auto":

@@ -107,13 +107,26 @@ def load_model(
 @dataclass
 class Prediction:
     """Instances of one image. ``labels`` (H, W) int32 0 = background; ``scores`` / ``classes``
-    (N,) for ids 1..N; ``semantic`` (H, W) argmax class when the model has a semantic head."""
+    (N,) for ids 1..N; ``semantic`` (H, W) argmax class when the model has a semantic head;
+    ``masks`` (N, H, W) bool overlapping masks when the clusterer gives them
+    (``cluster.params.overlap_thresh``), ``masks[i]`` containing ``labels == i + 1``."""
 
     labels: np.ndarray
     scores: np.ndarray
     classes: np.ndarray | None = None
     semantic: np.ndarray | None = None
     timing: dict[str, float] = field(default_factory=dict)
+    masks: np.ndarray | None = None
+
+    @property
+    def instances(self) -> np.ndarray:
+        """The instances as scored and written: the mask stack when there is one, else the
+        label image."""
+        return self.masks if self.masks is not None else self.labels
+
+    @property
+    def num_instances(self) -> int:
+        return int(self.scores.shape[0])
 
 
 def _np(x) -> np.ndarray | None:
@@ -135,7 +148,9 @@ def instances_from_outputs(outputs: Outputs, cluster: ClusterConfig) -> Predicti
     semantic = None
     if outputs.semantic is not None:
         semantic = _np(outputs.semantic[0].argmax(0)).astype(np.int32)
-    return Prediction(labels, scores, classes, semantic)
+    masks = _np(getattr(res, "masks", None))
+    masks = None if masks is None else masks.astype(bool)
+    return Prediction(labels, scores, classes, semantic, masks=masks)
 
 
 class Predictor:
@@ -237,8 +252,13 @@ def write_prediction(
     from instembed.engine import writers as W
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = [write_labels(out_dir / f"{stem}.{opts.labels_format}", pred.labels)]
-    recs = W.instance_records(pred.labels, pred.scores, pred.classes)
+    if pred.masks is not None and opts.labels_format != "tif":
+        raise ValueError(
+            f"{stem}: overlapping masks (cluster overlap_thresh) are written as a (N, H, W) "
+            f"mask-stack TIFF; got labels format {opts.labels_format!r}, use 'tif'"
+        )
+    written = [write_labels(out_dir / f"{stem}.{opts.labels_format}", pred.instances)]
+    recs = W.instance_records(pred.instances, pred.scores, pred.classes)
     h, w = pred.labels.shape
     written.append(
         W.write_json(

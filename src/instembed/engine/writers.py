@@ -39,17 +39,23 @@ def instance_records(
 ) -> list[dict]:
     """One dict per instance id 1..N of the label image (H, W): id, score, class, area, bbox.
 
-    Ids absent from ``labels`` (empty instances) are skipped. ``scores`` / ``classes`` are (N,)
-    arrays indexed by ``id - 1``; missing -> score 1.0 / class 1.
+    ``labels`` may also be an (N, H, W) bool mask stack (overlapping instances): mask i has
+    id i + 1. Ids absent from ``labels`` (empty instances) are skipped. ``scores`` / ``classes``
+    are (N,) arrays indexed by ``id - 1``; missing -> score 1.0 / class 1.
     """
     from scipy import ndimage as ndi
 
     labels = np.asarray(labels)
-    n = int(labels.max()) if labels.size else 0
-    if n == 0:
-        return []
-    areas = np.bincount(labels.ravel(), minlength=n + 1)
-    boxes = ndi.find_objects(labels.astype(np.int32, copy=False), max_label=n)
+    if labels.ndim == 3:
+        n = labels.shape[0]
+        areas = np.concatenate([[0], labels.reshape(n, -1).sum(1)])
+        boxes = [ndi.find_objects(m.astype(np.int32), max_label=1)[0] for m in labels]
+    else:
+        n = int(labels.max()) if labels.size else 0
+        if n == 0:
+            return []
+        areas = np.bincount(labels.ravel(), minlength=n + 1)
+        boxes = ndi.find_objects(labels.astype(np.int32, copy=False), max_label=n)
     out = []
     for i in range(1, n + 1):
         box = boxes[i - 1]
@@ -185,14 +191,17 @@ def coco_result_records(
     scores: np.ndarray | None = None,
     classes: np.ndarray | None = None,
 ) -> list[dict]:
-    """COCO "results" entries (segm) for one image's label image."""
+    """COCO "results" entries (segm) for one image's label image (H, W) or (N, H, W) bool mask
+    stack (overlapping instances)."""
+    labels = np.asarray(labels)
     out = []
     for rec in instance_records(labels, scores, classes):
+        mask = labels[rec["id"] - 1] if labels.ndim == 3 else labels == rec["id"]
         out.append(
             {
                 "image_id": image_id,
                 "category_id": rec["class"],
-                "segmentation": encode_rle(labels == rec["id"]),
+                "segmentation": encode_rle(mask),
                 "score": rec["score"],
                 "bbox": rec["bbox"],
                 "area": rec["area"],
