@@ -130,8 +130,17 @@ def section_methods(results: Path, task: str, dataset: str, title: str) -> list[
             "",
         ]
     keys = ["AP_dsb@0.5", "AP", "AP50", "AP75", "SBD", "absDiC", "PQ"]
-    rows = [[x["method"], *[x[k] for k in keys], x["steps"], x["n_val_images"]] for x in r["rows"]]
-    lines += table(["method", *keys, "steps", "val images"], rows)
+    rows = [
+        [
+            x["method"],
+            *[x[k] for k in keys],
+            x["steps"],
+            x["n_val_images"],
+            ", ".join(f"{k} {v}" for k, v in x.get("cluster_tuned", {}).items()) or "as configured",
+        ]
+        for x in r["rows"]
+    ]
+    lines += table(["method", *keys, "steps", "val images", "clustering (tuned on val)"], rows)
     lines += [
         "",
         f"Script: `{r['script']}` ({r['mode']} mode, {r['threads']} thread(s); training seconds "

@@ -59,7 +59,9 @@ GRIDS = {
         "seed_thresh": [0.5, 0.6, 0.7, 0.8],
         "prob_thresh": [0.3, 0.5],
     },
-    "center_offset": {"center_thresh": [0.1, 0.2, 0.3]},
+    "center_offset": {"threshold": [0.05, 0.1, 0.2, 0.3]},
+    "meanshift": {"bandwidth": [0.1, 0.15, 0.25, 0.5, 0.75, 1.0]},
+    "threshold": {"delta_v": [0.1, 0.15, 0.25, 0.5, 0.75, 1.0]},
 }
 # kernel values above which a pixel also joins a second instance (None: one instance per pixel)
 OVERLAP_GRID = [None, 0.3, 0.4, 0.5]
@@ -114,9 +116,14 @@ def tune_cluster(model, samples, cfg) -> tuple[dict, dict[str, float], list[dict
     """Grid over the clusterer's thresholds on the val split; best by AP_dsb@0.5 (ties: COCO AP).
 
     The network runs once per image; only the clustering is repeated per setting."""
-    outputs = network_outputs(model, samples)
-    grid = dict(GRIDS.get(cfg.cluster.method, {}))
-    if cfg.cluster.method == "seeded" and any(s.instances.ndim == 3 for s in samples):
+    return tune_on_outputs(network_outputs(model, samples), samples, cfg.cluster)
+
+
+def tune_on_outputs(outputs, samples, cluster_cfg) -> tuple[dict, dict[str, float], list[dict]]:
+    """:func:`tune_cluster` on network outputs already computed (one per sample); returns
+    (chosen parameters, their metrics, one row per setting tried)."""
+    grid = dict(GRIDS.get(cluster_cfg.method, {}))
+    if cluster_cfg.method == "seeded" and any(s.instances.ndim == 3 for s in samples):
         # overlapping ground truth (mask stacks): also try overlapping predicted masks
         grid["overlap_thresh"] = OVERLAP_GRID
     keys = sorted(grid)
@@ -124,7 +131,7 @@ def tune_cluster(model, samples, cfg) -> tuple[dict, dict[str, float], list[dict
     best: tuple | None = None
     for values in itertools.product(*(grid[k] for k in keys)) if keys else [()]:
         params = dict(zip(keys, values))
-        cluster = dataclasses.replace(cfg.cluster, params={**cfg.cluster.params, **params})
+        cluster = dataclasses.replace(cluster_cfg, params={**cluster_cfg.params, **params})
         m = evaluate_outputs(outputs, samples, cluster)
         rows.append({"params": params, **{k: m.get(k) for k in METRICS}})
         log.info("cluster %s: %s", params, {k: round(m.get(k, float("nan")), 4) for k in METRICS})
