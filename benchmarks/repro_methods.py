@@ -38,14 +38,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from instembed.engine.tune import GRIDS, evaluate_outputs, tune_thresholds  # noqa: E402
 from train_pretrained import (  # noqa: E402
-    GRIDS,
     data_root,
-    evaluate_outputs,
     load_split,
     network_outputs,
     train_on_split,
-    tune_on_outputs,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -208,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
             tuned: dict = {}
             m = evaluate_outputs(outputs, val_samples, cfg.cluster)
         else:  # every method gets its clustering thresholds tuned on the val images (GRIDS)
-            tuned, m, _ = tune_on_outputs(outputs, val_samples, cfg.cluster)
+            res = tune_thresholds(outputs, val_samples, cfg.cluster)
+            tuned, m = res.params, res.metrics
             cfg.cluster.params.update(tuned)
         row = {
             "task": args.task,

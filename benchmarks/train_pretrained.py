@@ -26,9 +26,7 @@ Training on CPU here: see docs/pretrained.md for the recipes and the measured ti
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
-import itertools
 import json
 import logging
 import os
@@ -47,25 +45,10 @@ from instembed.engine import checkpoint as ck
 from instembed.engine.build import train_transform
 from instembed.engine.config import config_to_dict, config_to_yaml, load_config
 from instembed.engine.trainer import Trainer
+from instembed.engine.tune import METRICS, evaluate_outputs, tune_thresholds
 
 REPO = Path(__file__).resolve().parents[1]
 PRETRAINED = REPO / "src" / "instembed" / "pretrained"
-METRICS = ("AP_dsb@0.5", "AP", "AP50", "AP75", "SBD", "absDiC", "PQ")
-
-# clustering thresholds tried on the val split (per method); picked by AP_dsb@0.5
-GRIDS = {
-    "seeded": {
-        "fg_thresh": [0.3, 0.4, 0.5],
-        "seed_thresh": [0.5, 0.6, 0.7, 0.8],
-        "prob_thresh": [0.3, 0.5],
-    },
-    "center_offset": {"threshold": [0.05, 0.1, 0.2, 0.3]},
-    "meanshift": {"bandwidth": [0.1, 0.15, 0.25, 0.5, 0.75, 1.0]},
-    "threshold": {"delta_v": [0.1, 0.15, 0.25, 0.5, 0.75, 1.0]},
-}
-# kernel values above which a pixel also joins a second instance (None: one instance per pixel)
-OVERLAP_GRID = [None, 0.3, 0.4, 0.5]
-
 log = logging.getLogger("train_pretrained")
 
 
@@ -96,50 +79,37 @@ def network_outputs(model, samples) -> list:
     return outs
 
 
-def evaluate_outputs(outputs, samples, cluster) -> dict[str, float]:
-    """InstanceEvaluator summary of the clustered ``outputs`` against the samples' ground truth
-    (label images, or mask stacks for overlapping objects; ignore masks honoured)."""
-    from instembed.engine.build import cluster_outputs
-    from instembed.metrics import InstanceEvaluator
+def dsb_look(path: str) -> str:
+    """The DSB2018 look of an image file (SOURCE.md's groups): colour channels that differ ->
+    "colour (H&E-like)", a bright background -> "bright-field", else "fluorescence"."""
+    from instembed.data import io
 
-    ev = InstanceEvaluator()
-    for out, s in zip(outputs, samples):
-        res = cluster_outputs(out, cluster)
-        scores = None if res.scores is None else res.scores.numpy()
-        pred = res.labels if res.masks is None else res.masks  # overlapping masks
-        ev.add(s.instances, pred.numpy(), scores=scores, ignore=s.ignore)
-    summary = ev.summary()
-    return {k: float(v) for k, v in summary.items() if isinstance(v, int | float | np.number)}
+    raw = io.to_chw(io.read_image(path), path=str(path))[:3].astype(np.float32)
+    if raw.shape[0] == 3 and float(np.abs(raw - raw.mean(0, keepdims=True)).max()) > 0:
+        return "colour (H&E-like)"
+    if float(np.median(io.percentile_normalize(raw).mean(0))) > 0.5:
+        return "bright-field"
+    return "fluorescence"
+
+
+def metrics_by_group(outputs, samples, cluster, group_of) -> dict[str, dict]:
+    """:func:`evaluate_outputs` per group of samples (``group_of(sample) -> name``), with the
+    number of images of each group as ``n_images``."""
+    groups: dict[str, list[int]] = {}
+    for i, smp in enumerate(samples):
+        groups.setdefault(group_of(smp), []).append(i)
+    out = {}
+    for name, idx in sorted(groups.items()):
+        m = evaluate_outputs([outputs[i] for i in idx], [samples[i] for i in idx], cluster)
+        out[name] = {"n_images": len(idx), **{k: m.get(k) for k in METRICS}}
+    return out
 
 
 def tune_cluster(model, samples, cfg) -> tuple[dict, dict[str, float], list[dict]]:
-    """Grid over the clusterer's thresholds on the val split; best by AP_dsb@0.5 (ties: COCO AP).
-
-    The network runs once per image; only the clustering is repeated per setting."""
-    return tune_on_outputs(network_outputs(model, samples), samples, cfg.cluster)
-
-
-def tune_on_outputs(outputs, samples, cluster_cfg) -> tuple[dict, dict[str, float], list[dict]]:
-    """:func:`tune_cluster` on network outputs already computed (one per sample); returns
-    (chosen parameters, their metrics, one row per setting tried)."""
-    grid = dict(GRIDS.get(cluster_cfg.method, {}))
-    if cluster_cfg.method == "seeded" and any(s.instances.ndim == 3 for s in samples):
-        # overlapping ground truth (mask stacks): also try overlapping predicted masks
-        grid["overlap_thresh"] = OVERLAP_GRID
-    keys = sorted(grid)
-    rows = []
-    best: tuple | None = None
-    for values in itertools.product(*(grid[k] for k in keys)) if keys else [()]:
-        params = dict(zip(keys, values))
-        cluster = dataclasses.replace(cluster_cfg, params={**cluster_cfg.params, **params})
-        m = evaluate_outputs(outputs, samples, cluster)
-        rows.append({"params": params, **{k: m.get(k) for k in METRICS}})
-        log.info("cluster %s: %s", params, {k: round(m.get(k, float("nan")), 4) for k in METRICS})
-        key = (m["AP_dsb@0.5"], m["AP"])
-        if best is None or key > best[0]:
-            best = (key, params, m)
-    assert best is not None
-    return best[1], best[2], rows
+    """Clustering thresholds tuned on the val split (:func:`instembed.engine.tune.tune_thresholds`,
+    best by AP_dsb@0.5, ties: COCO AP); the network runs once per image."""
+    res = tune_thresholds(network_outputs(model, samples), samples, cfg.cluster)
+    return res.params, res.metrics, res.rows
 
 
 CARD_DATA = {
@@ -244,6 +214,7 @@ def write_card(name: str) -> Path:
         )
         + " |",
         "",
+        *look_table(info.get("val_by_look")),
         "AP_dsb@0.5 = TP / (TP + FP + FN) at IoU 0.5 with one-to-one matching, averaged over the "
         "val images; COCO AP / AP50 / AP75 follow pycocotools, including its limit of 100 detections "
         "per image (BBBC039 and DSB2018 images with more nuclei cap its recall); SBD and |DiC| as "
@@ -261,6 +232,27 @@ def write_card(name: str) -> Path:
     path = PRETRAINED / f"{name}.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def look_table(by_look: dict | None) -> list[str]:
+    """Model-card lines: the val metrics per image look (DSB2018), or nothing."""
+    if not by_look:
+        return []
+    keys = ("AP_dsb@0.5", "AP", "SBD", "absDiC")
+    lines = [
+        "",
+        "Per look (val images of each look):",
+        "",
+        "| look | images | AP_dsb@0.5 | COCO AP | SBD | abs DiC |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, m in by_look.items():
+        lines.append(
+            f"| {name} | {m['n_images']} | "
+            + " | ".join(f"{m[k]:.3f}" if k != "absDiC" else f"{m[k]:.2f}" for k in keys)
+            + " |"
+        )
+    return lines + [""]
 
 
 def load_split(cfg, dataset: str) -> tuple[list, list]:
@@ -430,6 +422,15 @@ def main(argv: list[str] | None = None) -> int:
     model.load_state_dict(weights_state)
     model.eval()
     cfg.cluster.params.update(chosen)
+    by_look = None
+    if args.dataset == "dsb2018":  # the val metrics per look (fluorescence, bright-field, H&E)
+        by_look = metrics_by_group(
+            network_outputs(model, val_samples),
+            val_samples,
+            cfg.cluster,
+            lambda s: dsb_look(s.path),
+        )
+        log.info("val by look: %s", by_look)
     summary = {
         "name": args.name,
         "dataset": args.dataset,
@@ -450,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
         "cluster_grid": rows,
         "val_metrics": {k: metrics.get(k) for k in METRICS},
         "val_metrics_all": {k: v for k, v in metrics.items()},
+        "val_by_look": by_look,
     }
     Path(args.out, "summary.json").write_text(json.dumps(summary, indent=1))
     if args.ship:

@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "train": "train",
     "predict": "predict",
     "evaluate": "evaluate",
+    "tune": "tune",
     "export": "export",
     "synth": "synth",
     "data": "data",

@@ -1,0 +1,120 @@
+"""``instembed tune --model M --data PATH [--out TUNED.pt]``: choose clustering thresholds."""
+
+from __future__ import annotations
+
+HELP = "tune a model's clustering thresholds on annotated images (grid search, like StarDist's optimize_thresholds)"
+DESCRIPTION = """Run a model once over annotated images (any layout the data readers know), then
+cluster its outputs with every setting of a small grid of thresholds (seeded: fg / seed / kernel
+thresholds, plus overlapping masks when the ground truth has overlapping objects; mean-shift:
+bandwidth; threshold: delta_v; center/offset: centre threshold) and keep the best by --metric.
+Prints one row per setting and the choice; --out writes a copy of the checkpoint whose stored
+config carries the chosen thresholds (then `instembed predict --model TUNED.pt` uses them).
+Tune on validation images, never on the images you report."""
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument(
+        "--model", required=True, help="checkpoint .pt, run folder, or pretrained name"
+    )
+    parser.add_argument("--data", required=True, help="annotated data set folder")
+    parser.add_argument(
+        "--format", default="auto", help="data layout: auto, folder, bbbc039, bbbc010, dsb2018, ..."
+    )
+    parser.add_argument(
+        "--split",
+        default=None,
+        help="use only the val images of a recorded split (bbbc039, bbbc010, dsb2018)",
+    )
+    parser.add_argument("--max-images", type=int, default=None, help="use the first N images")
+    parser.add_argument("--metric", default="AP_dsb@0.5", help="summary key to maximise")
+    parser.add_argument(
+        "--grid",
+        nargs="*",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="replace the grid, e.g. seed_thresh=0.5,0.7 prob_thresh=0.5 (default: per method)",
+    )
+    parser.add_argument("--out", default=None, help="write the tuned checkpoint here (.pt)")
+    parser.add_argument("--json", dest="json_out", default=None, help="write every row here")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+
+
+def _grid(items: list[str]) -> dict[str, list] | None:
+    import yaml
+
+    if not items:
+        return None
+    grid: dict[str, list] = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--grid {item!r}: expected KEY=V1,V2,...")
+        key, raw = item.split("=", 1)
+        values = [yaml.safe_load(v) for v in raw.split(",") if v != ""]
+        if not values:
+            raise ValueError(f"--grid {item!r}: no values")
+        grid[key] = values
+    return grid
+
+
+def run(args) -> int:
+    import json
+    import sys
+    from pathlib import Path
+
+    from instembed.data.readers import open_dataset
+    from instembed.engine import checkpoint as ck
+    from instembed.engine.config import config_to_yaml
+    from instembed.engine.predict import Predictor, resolve_model
+    from instembed.engine.trainer import resolve_device
+    from instembed.engine.tune import METRICS, tune_thresholds
+
+    if args.max_images is not None and args.max_images < 1:
+        raise ValueError(f"--max-images must be >= 1, got {args.max_images}")
+    if args.out is not None and not str(args.out).endswith(".pt"):
+        raise ValueError(f"--out must name a .pt file, got {args.out!r}")
+    grid = _grid(args.grid)
+    predictor = Predictor.from_spec(args.model, device=resolve_device(args.device))
+    cfg = predictor.cfg
+    reader = open_dataset(args.data, format=args.format, **cfg.data.reader_params)
+    if args.split:
+        from instembed.data.splits import split_dataset
+
+        reader = split_dataset(reader, args.split)[1]
+    n = len(reader) if args.max_images is None else min(args.max_images, len(reader))
+    if n == 0:
+        raise ValueError(f"{args.data}: no annotated images to tune on")
+    samples = [reader[i] for i in range(n)]
+    print(f"instembed tune: {n} image(s) from {args.data}, method {predictor.cluster.method}")
+    outputs = [predictor.outputs(s.image) for s in samples]
+    result = tune_thresholds(outputs, samples, predictor.cluster, grid=grid, metric=args.metric)
+
+    keys = [k for k in METRICS]
+    print("  ".join(f"{k:>10s}" for k in keys) + "  params")
+    for row in result.rows:
+        print(
+            "  ".join(f"{row[k]:10.4f}" if row[k] is not None else f"{'-':>10s}" for k in keys)
+            + f"  {row['params']}"
+        )
+    print(f"chosen: {result.params} ({args.metric} {result.metrics[args.metric]:.4f})")
+    if args.json_out:
+        Path(args.json_out).write_text(
+            json.dumps(
+                {"chosen": result.params, "metrics": result.metrics, "rows": result.rows},
+                indent=1,
+            )
+            + "\n"
+        )
+    if args.out:
+        src = resolve_model(args.model)
+        state = ck.load_checkpoint(src)
+        cfg.cluster.params.update(result.params)
+        ck.save_checkpoint(
+            args.out,
+            model_state=state["model"],
+            config_yaml=config_to_yaml(cfg),
+            step=int(state.get("step", 0)),
+            metrics={k: float(v) for k, v in result.metrics.items()},
+        )
+        print(f"wrote {args.out} (clustering {cfg.cluster.method} {cfg.cluster.params})")
+    sys.stdout.flush()
+    return 0
