@@ -288,3 +288,34 @@ def test_torchrun_two_processes_gloo_identical_weights(tmp_path):
     assert stored and stored.keys() == single.keys()
     for k, v in single.items():
         assert stored[k] == pytest.approx(v, nan_ok=True), k
+
+
+def test_validation_with_tuned_thresholds_is_the_best_of_the_grid(tmp_path):
+    import dataclasses
+
+    from instembed.engine.trainer import validate
+    from instembed.engine.tune import GRIDS
+
+    cfg = tiny_config(steps=60, ckpt_every=0, val_tune=True)
+    cfg.data.n_val = 2
+    cfg.cluster.method = "meanshift"
+    cfg.cluster.params = {"bandwidth": 0.5}
+    tr = Trainer(cfg, tmp_path)
+    tr.fit()
+    tuned = validate(tr.model, tr.val_samples, cfg, tr.device)
+    assert tuned["cluster/bandwidth"] in GRIDS["meanshift"]["bandwidth"]
+    # independently: plain validation at every bandwidth of the grid
+    plain = {}
+    for bw in GRIDS["meanshift"]["bandwidth"]:
+        c = dataclasses.replace(
+            cfg,
+            run=dataclasses.replace(cfg.run, val_tune=False),
+            cluster=dataclasses.replace(cfg.cluster, params={"bandwidth": bw}),
+        )
+        plain[bw] = validate(tr.model, tr.val_samples, c, tr.device)
+    best = max(plain.values(), key=lambda m: (m["AP_dsb@0.5"], m["AP"]))
+    assert len({m["AP_dsb@0.5"] for m in plain.values()}) > 1  # the choice matters here
+    assert tuned["AP_dsb@0.5"] == pytest.approx(best["AP_dsb@0.5"])
+    assert tuned["AP"] == pytest.approx(best["AP"])
+    chosen = plain[tuned["cluster/bandwidth"]]
+    assert (chosen["AP_dsb@0.5"], chosen["AP"]) == (best["AP_dsb@0.5"], best["AP"])

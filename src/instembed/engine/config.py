@@ -134,6 +134,10 @@ class RunConfig:
     tensorboard: bool = True  # when the tensorboard package is installed
     progress: bool = True  # tqdm progress bar
     max_val_images: int | None = None  # cap the validation set
+    # validation clusters with thresholds tuned on the val images (instembed.engine.tune grids;
+    # class-agnostic scores), so that early checkpoints whose seed maps have not reached the
+    # configured thresholds are still ranked fairly; the chosen values are logged
+    val_tune: bool = False
 
 
 @dataclass

@@ -307,11 +307,17 @@ def validate(
         n = min(n, cfg.run.max_val_images)
     was_training = model.training
     model.eval()
+    from instembed.engine.tune import GRIDS
+
+    tune = bool(cfg.run.val_tune) and cfg.cluster.method in GRIDS
     records = []
     for i in range(dist.rank, n, dist.world):
         s = samples[i]
         image = torch.from_numpy(np.ascontiguousarray(s.image, np.float32))[None].to(device)
         out = model(image).map(lambda t: t.detach().float().cpu())
+        if tune:  # clustered below, once per setting of the grid
+            records.append({"out": out})
+            continue
         cc = cfg.cluster
         if cc.method == "kmeans" and "k" not in cc.params:
             # k-means without k: the true number of instances (the coloring-dilemma protocol)
@@ -345,6 +351,13 @@ def validate(
             if k < len(g)
             for r in [g[k]]
         ]
+    if tune:
+        from instembed.engine.tune import tune_thresholds
+
+        res = tune_thresholds([r["out"] for r in records], samples[:n], cfg.cluster)
+        log.info("validation with clustering thresholds tuned on it: %s", res.params)
+        tuned = {f"cluster/{k}": float(v) for k, v in res.params.items() if v is not None}
+        return {**res.metrics, **tuned}
     ev = InstanceEvaluator()
     for r in records:
         classes_given = r["pred_classes"] is not None and r["gt_classes"] is not None
