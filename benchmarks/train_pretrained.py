@@ -223,8 +223,13 @@ def write_card(name: str) -> Path:
         "Literature reference points (other splits, other test sets; not comparable one to one): "
         "EmbedSeg reports AP_dsb@0.5 = 0.966 on BBBC010 (50/50 split) and 0.887 on DSB2018.",
         "",
-        f"Reproduce: `python benchmarks/train_pretrained.py configs/pretrained/{name}.yaml "
-        f"--name {name} --dataset {info['dataset']} --out runs/{name} --threads 1 --ship`",
+        (
+            f"Reproduce: the training stages and their commands are in the header of "
+            f"`configs/pretrained/{name}.yaml`."
+            if info.get("init")
+            else f"Reproduce: `python benchmarks/train_pretrained.py configs/pretrained/{name}.yaml "
+            f"--name {name} --dataset {info['dataset']} --out runs/{name} --threads 1 --ship`"
+        ),
         "",
         f"sha256 of `{name}.pt`: `{info['sha256']}`",
         "",
@@ -240,7 +245,6 @@ def look_table(by_look: dict | None) -> list[str]:
         return []
     keys = ("AP_dsb@0.5", "AP", "SBD", "absDiC")
     lines = [
-        "",
         "Per look (val images of each look):",
         "",
         "| look | images | AP_dsb@0.5 | COCO AP | SBD | abs DiC |",
