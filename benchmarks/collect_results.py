@@ -56,7 +56,7 @@ def section_pretrained() -> list[str]:
                 m["AP"],
                 m["SBD"],
                 fmt(m["absDiC"], 2),
-                info["steps"],
+                f"{info['init']['steps']} + {info['steps']}" if info.get("init") else info["steps"],
                 f"{info['train_seconds'] / 60:.0f} min",
                 f"`configs/pretrained/{info['name']}.yaml`",
             ]
@@ -78,7 +78,9 @@ def section_pretrained() -> list[str]:
     lines += [
         "",
         "Script: `benchmarks/train_pretrained.py CONFIG --name NAME --dataset DATASET --ship` (model cards: "
-        "`src/instembed/pretrained/<name>.md`). Clustering thresholds tuned on the same val images "
+        "`src/instembed/pretrained/<name>.md`; `a + b` steps: two stages, the second a warm start "
+        "from the first's weights, commands in the config's header; training time covers both). "
+        "Clustering thresholds tuned on the same val images "
         "(the val numbers are therefore slightly optimistic). Literature, other splits and test sets: "
         "EmbedSeg AP_dsb@0.5 = 0.966 on BBBC010 (50/50 split), 0.887 on DSB2018.",
         "",
