@@ -40,7 +40,7 @@ GRIDS: dict[str, dict[str, list]] = {
     },
     "center_offset": {"threshold": [0.05, 0.1, 0.2, 0.3]},
     "meanshift": {"bandwidth": [0.1, 0.15, 0.25, 0.5, 0.75, 1.0]},
-    "threshold": {"delta_v": [0.1, 0.15, 0.25, 0.5, 0.75, 1.0]},
+    "threshold": {"delta_v": [0.25, 0.5, 0.75, 1.0]},
 }
 # kernel values above which a pixel also joins a second instance (None: one instance per pixel)
 OVERLAP_GRID: list = [None, 0.3, 0.4, 0.5]
