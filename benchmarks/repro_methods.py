@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from instembed.engine.tune import GRIDS, evaluate_outputs, tune_thresholds  # noqa: E402
+from instembed.engine.tune import GRIDS, METRICS, evaluate_outputs, tune_thresholds  # noqa: E402
 from train_pretrained import (  # noqa: E402
     data_root,
     load_split,
@@ -47,7 +47,6 @@ from train_pretrained import (  # noqa: E402
 )
 
 REPO = Path(__file__).resolve().parents[1]
-METRICS = ("AP_dsb@0.5", "AP", "AP50", "AP75", "SBD", "absDiC", "PQ")
 BASE = {"bbbc039": "bbbc039-nuclei", "dsb2018": "dsb2018-nuclei", "bbbc010": "bbbc010-worms"}
 
 # per-method sections (model heads, loss, clusterer); "eval_only" methods re-cluster another

@@ -105,13 +105,6 @@ def metrics_by_group(outputs, samples, cluster, group_of) -> dict[str, dict]:
     return out
 
 
-def tune_cluster(model, samples, cfg) -> tuple[dict, dict[str, float], list[dict]]:
-    """Clustering thresholds tuned on the val split (:func:`instembed.engine.tune.tune_thresholds`,
-    best by AP_dsb@0.5, ties: COCO AP); the network runs once per image."""
-    res = tune_thresholds(network_outputs(model, samples), samples, cfg.cluster)
-    return res.params, res.metrics, res.rows
-
-
 CARD_DATA = {
     "bbbc039": (
         "BBBC039 v1 (Caicedo et al. 2019), U2OS nuclei, Hoechst fluorescence, 520 x 696, 16-bit; "
@@ -409,7 +402,10 @@ def main(argv: list[str] | None = None) -> int:
         step = int(state["step"])
         if best is not None and step == best[0]:
             continue
-        chosen, metrics, rows = tune_cluster(model, val_samples, cfg)
+        # the network runs once per image; only the clustering is repeated per setting
+        outputs = network_outputs(model, val_samples)
+        tuned = tune_thresholds(outputs, val_samples, cfg.cluster)
+        chosen, metrics, rows = tuned.params, tuned.metrics, tuned.rows
         log.info("%s (step %d): AP_dsb@0.5 %.4f with %s", cand, step, metrics["AP_dsb@0.5"], chosen)
         key = (metrics["AP_dsb@0.5"], metrics["AP"])
         if best is None or key > best[1]:
@@ -420,16 +416,17 @@ def main(argv: list[str] | None = None) -> int:
                 metrics,
                 rows,
                 {k: v.clone() for k, v in state["model"].items()},
+                outputs,
             )
     assert best is not None, f"no checkpoint in {out}"
-    best_step, _, chosen, metrics, rows, weights_state = best
+    best_step, _, chosen, metrics, rows, weights_state, best_outputs = best
     model.load_state_dict(weights_state)
     model.eval()
     cfg.cluster.params.update(chosen)
     by_look = None
     if args.dataset == "dsb2018":  # the val metrics per look (fluorescence, bright-field, H&E)
         by_look = metrics_by_group(
-            network_outputs(model, val_samples),
+            best_outputs,
             val_samples,
             cfg.cluster,
             lambda s: dsb_look(s.path),

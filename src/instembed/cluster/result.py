@@ -29,6 +29,11 @@ class ClusterResult:
     masks: torch.Tensor | None = None
 
     @property
+    def instances(self) -> torch.Tensor:
+        """The instances as scored: the mask stack when there is one, else the label image."""
+        return self.labels if self.masks is None else self.masks
+
+    @property
     def num_instances(self) -> int:
         return int(self.scores.shape[0])
 

@@ -58,7 +58,6 @@ def _grid(items: list[str]) -> dict[str, list] | None:
 
 def run(args) -> int:
     import json
-    import sys
     from pathlib import Path
 
     from instembed.data.readers import open_dataset
@@ -88,11 +87,10 @@ def run(args) -> int:
     outputs = [predictor.outputs(s.image) for s in samples]
     result = tune_thresholds(outputs, samples, predictor.cluster, grid=grid, metric=args.metric)
 
-    keys = [k for k in METRICS]
-    print("  ".join(f"{k:>10s}" for k in keys) + "  params")
+    print("  ".join(f"{k:>10s}" for k in METRICS) + "  params")
     for row in result.rows:
         print(
-            "  ".join(f"{row[k]:10.4f}" if row[k] is not None else f"{'-':>10s}" for k in keys)
+            "  ".join(f"{row[k]:10.4f}" if row[k] is not None else f"{'-':>10s}" for k in METRICS)
             + f"  {row['params']}"
         )
     print(f"chosen: {result.params} ({args.metric} {result.metrics[args.metric]:.4f})")
@@ -116,5 +114,4 @@ def run(args) -> int:
             metrics={k: float(v) for k, v in result.metrics.items()},
         )
         print(f"wrote {args.out} (clustering {cfg.cluster.method} {cfg.cluster.params})")
-    sys.stdout.flush()
     return 0

@@ -148,8 +148,7 @@ def instances_from_outputs(outputs: Outputs, cluster: ClusterConfig) -> Predicti
     semantic = None
     if outputs.semantic is not None:
         semantic = _np(outputs.semantic[0].argmax(0)).astype(np.int32)
-    masks = _np(getattr(res, "masks", None))
-    masks = None if masks is None else masks.astype(bool)
+    masks = None if res.masks is None else _np(res.masks).astype(bool)
     return Prediction(labels, scores, classes, semantic, masks=masks)
 
 

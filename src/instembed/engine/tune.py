@@ -68,9 +68,8 @@ def evaluate_outputs(outputs: Sequence, samples: Sequence, cluster: ClusterConfi
     ev = InstanceEvaluator()
     for out, s in zip(outputs, samples):
         res = cluster_outputs(out, cluster)
-        pred = res.labels if res.masks is None else res.masks
         scores = None if res.scores is None else res.scores.numpy()
-        ev.add(s.instances, pred.numpy(), scores=scores, ignore=s.ignore)
+        ev.add(s.instances, res.instances.numpy(), scores=scores, ignore=s.ignore)
     summary = ev.summary(per_image=False)
     return {k: float(v) for k, v in summary.items() if isinstance(v, int | float | np.number)}
 
