@@ -51,7 +51,7 @@ from instembed.cluster import (
     group_pixels,
     nearest_center,
 )
-from instembed.models.outputs import Outputs
+from instembed.structures import Outputs
 
 SIZES = [((256, 256), 20), ((512, 512), 50), ((1024, 2048), 100)]
 

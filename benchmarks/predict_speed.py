@@ -35,7 +35,8 @@ import torch
 from instembed.cluster import cluster_embeddings
 from instembed.data.synth import make_samples
 from instembed.engine.inference import default_overlap, infer
-from instembed.models import Outputs, build_model
+from instembed.models import build_model
+from instembed.structures import Outputs
 
 NETWORKS = {
     "unet-d3-w16": ("unet", {"depth": 3, "width": 16}),

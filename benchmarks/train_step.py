@@ -147,7 +147,8 @@ def run_one(kind: str, name: str, args) -> dict:
     import torch
 
     from instembed.losses import build_loss, discriminative_loss
-    from instembed.models import Outputs, build_model
+    from instembed.models import build_model
+    from instembed.structures import Outputs
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -178,7 +179,7 @@ def run_one(kind: str, name: str, args) -> dict:
                 t = torch.sigmoid(t)
             return t.to(dev).requires_grad_(True)
 
-        from instembed.models import pixel_coordinates
+        from instembed.structures import pixel_coordinates
 
         u = pixel_coordinates(b, (s, s), None, 1 / 64, dev)
         outs = Outputs(

@@ -6,7 +6,7 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
 from instembed.cluster import METHODS, cluster_batch, cluster_embeddings, cluster_per_class
-from instembed.models.outputs import Outputs
+from instembed.structures import Outputs
 
 
 def scene(seed=0, h=24, w=48, k=4, d=4, noise=0.1):

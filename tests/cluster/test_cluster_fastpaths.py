@@ -25,7 +25,7 @@ from instembed.cluster import (
 from instembed.cluster.seeded import _seed_loop, _seed_loop_numpy
 from instembed.cluster.threads import one_intra_op_thread
 from instembed.cluster.threshold import _modes_torch
-from instembed.models.outputs import Outputs
+from instembed.structures import Outputs
 
 
 def unique_relabel(labels, min_size=0):

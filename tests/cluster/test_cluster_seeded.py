@@ -6,7 +6,7 @@ import torch
 from sklearn.metrics import adjusted_rand_score
 
 from instembed.cluster import cluster_batch, cluster_embeddings, seeded_cluster
-from instembed.models.outputs import Outputs
+from instembed.structures import Outputs
 
 
 def slow_seeded(emb, seed, scale, fg, seed_thresh, min_size, q2_max, new_fraction=0.5):

@@ -6,8 +6,9 @@ import torch
 
 from instembed.data import transforms as T
 from instembed.data.dataset import InstanceDataset, collate, sample_to_item
-from instembed.data.sample import IGNORE_INDEX, Sample
+from instembed.data.sample import Sample
 from instembed.data.synth import make_samples
+from instembed.structures import IGNORE_INDEX
 
 
 def marker_sample(h=37, w=53, seed=0) -> Sample:

@@ -10,7 +10,8 @@ from instembed.engine.inference import (
     tile_grid,
     tta_forward,
 )
-from instembed.models import Outputs, build_model
+from instembed.models import build_model
+from instembed.structures import Outputs
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,8 @@ from instembed.engine import checkpoint as ck
 from instembed.engine.config import ClusterConfig, Config, config_to_yaml
 from instembed.engine.predict import Predictor, load_model, resolve_model
 from instembed.metrics import adjusted_rand_index
-from instembed.models import Outputs, build_model
+from instembed.models import build_model
+from instembed.structures import Outputs
 
 
 @pytest.fixture(autouse=True)
@@ -245,13 +246,14 @@ def test_predict_cli_missing_inputs(tmp_path, capsys):
 
 def test_overlapping_prediction_is_written_as_a_mask_stack(tmp_path):
     from instembed.data.io import read_labels
-    from instembed.engine.predict import Prediction, WriteOptions, write_prediction
+    from instembed.engine.predict import WriteOptions, write_prediction
+    from instembed.structures import Instances
 
     masks = np.zeros((2, 10, 12), bool)
     masks[0, 2:8, 1:7] = True
     masks[1, 5:9, 5:11] = True  # overlaps mask 0 on rows 5-7, cols 5-6
     labels = np.where(masks[0], 1, np.where(masks[1], 2, 0)).astype(np.int32)
-    pred = Prediction(labels, np.array([0.9, 0.8], np.float32), masks=masks)
+    pred = Instances(labels, np.array([0.9, 0.8], np.float32), masks=masks)
     image = np.random.default_rng(0).random((1, 10, 12)).astype(np.float32)
     written = write_prediction(tmp_path, "a", image, pred, WriteOptions())
     assert tmp_path / "a.tif" in written

@@ -9,7 +9,7 @@ import torch
 from instembed.data.sample import Sample
 from instembed.engine.config import ClusterConfig
 from instembed.engine.tune import default_grid, evaluate_outputs, tune_thresholds
-from instembed.models import Outputs
+from instembed.structures import Outputs
 
 
 def _scene():

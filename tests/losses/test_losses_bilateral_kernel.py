@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from instembed.losses import bilateral_loss, build_loss
-from instembed.models import Outputs
+from instembed.structures import Outputs
 
 
 def reference(emb, labels, seed=None, sigma=1.0, eps=1e-6):

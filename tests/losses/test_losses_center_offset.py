@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from instembed.losses import build_loss, build_targets, center_offset_loss, semantic_ce
-from instembed.models import Outputs
+from instembed.structures import Outputs
 
 
 def test_targets_by_hand():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from instembed.losses import build_loss, discriminative_loss
-from instembed.models import Outputs
+from instembed.structures import Outputs
 
 
 def reference(emb, labels, dv, dd, alpha, beta, gamma, norm=2, background="ignore", ignore=None):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from instembed.losses import build_loss, metric_loss
-from instembed.models import Outputs
+from instembed.structures import Outputs
 
 
 def reference(emb, labels, eps=1e-6):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from instembed.losses import build_loss, semiconv_loss
-from instembed.models import Outputs
+from instembed.structures import Outputs
 
 
 def reference(emb, labels, reduction="sum", rep_w=0.0, margin=1.0):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from instembed.losses import build_loss, lovasz_hinge_rows, spatial_embedding_loss
-from instembed.models import Outputs, pixel_coordinates
+from instembed.structures import Outputs, pixel_coordinates
 
 
 def lovasz_reference(logits, gt):

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from instembed.models import Outputs, build_model
+from instembed.models import build_model
+from instembed.structures import Outputs
 
 
 @pytest.fixture(autouse=True)

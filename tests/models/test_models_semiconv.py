@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from instembed.models import Outputs, pixel_coordinates, semiconv, unflip_outputs
+from instembed.models import semiconv, unflip_outputs
+from instembed.structures import Outputs, pixel_coordinates
 
 
 def test_pixel_coordinates_by_hand():

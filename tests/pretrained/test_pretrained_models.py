@@ -111,7 +111,7 @@ def test_worm_model_on_a_val_well_against_the_mask_stack(shared_data, predictors
     sample = val[0]
     assert sample.instances.ndim == 3  # overlapping worms: evaluated as a mask stack
     pred = predictors("bbbc010-worms")(sample.image)
-    m = evaluate_image(sample.instances, pred.instances, scores=pred.scores)
+    m = evaluate_image(sample.instances, pred.masks_or_labels, scores=pred.scores)
     assert m["AP_dsb@0.5"] >= MIN_AP_DSB_WORMS, m["AP_dsb@0.5"]
 
 

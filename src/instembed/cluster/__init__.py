@@ -27,14 +27,14 @@ from instembed.cluster.postprocess import (
     relabel_sequential,
     remove_small_instances,
 )
-from instembed.cluster.result import ClusterResult
 from instembed.cluster.seeded import kernel_q2_threshold, seeded_cluster, sigma_to_scale
 from instembed.cluster.threshold import merge_close_centers, threshold_cluster, threshold_modes
+from instembed.structures import Instances
 
 __all__ = [
     "METHODS",
     "SCORE_MODES",
-    "ClusterResult",
+    "Instances",
     "assign_labels",
     "assign_pixels",
     "bin_seeds",

@@ -1,5 +1,5 @@
 """One entry point for every clusterer: :func:`cluster_embeddings` (and its batch and per-class
-forms), from an embedding tensor or the network's :class:`~instembed.models.outputs.Outputs`.
+forms), from an embedding tensor or the network's :class:`~instembed.structures.Outputs`.
 """
 
 from __future__ import annotations
@@ -22,11 +22,10 @@ from instembed.cluster.postprocess import (
     relabel_sequential,
     remove_small_instances,
 )
-from instembed.cluster.result import ClusterResult
 from instembed.cluster.seeded import overlap_masks, seeded_cluster
 from instembed.cluster.threads import one_intra_op_thread
 from instembed.cluster.threshold import threshold_cluster
-from instembed.models.outputs import Outputs
+from instembed.structures import Instances, Outputs
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +97,7 @@ def cluster_embeddings(
     method: str,
     foreground: Tensor | None = None,
     **params: Any,
-) -> ClusterResult:
+) -> Instances:
     """Cluster one image's pixel embeddings into instances.
 
     Args:
@@ -118,7 +117,7 @@ def cluster_embeddings(
             also return overlapping masks, see :func:`instembed.cluster.seeded.overlap_masks`.
 
     Returns:
-        ClusterResult with sequential labels (H, W), scores (N,), classes (N,) when the outputs
+        Instances with sequential labels (H, W), scores (N,), classes (N,) when the outputs
         have a semantic map, centers (N, D), masks (N, H, W) with ``overlap_thresh``.
     """
     with one_intra_op_thread():  # see instembed.cluster.threads
@@ -130,7 +129,7 @@ def _cluster_embeddings(
     method: str,
     foreground: Tensor | None,
     params: dict[str, Any],
-) -> ClusterResult:
+) -> Instances:
     if method not in METHODS:
         raise ValueError(f"unknown clustering method {method!r}; valid: {list(METHODS)}")
     params = dict(params)
@@ -224,9 +223,7 @@ def _cluster_embeddings(
             sigma_mode=params.get("sigma_mode", "std"),
         )
     log.debug("cluster_embeddings(%s): %d instances", method, n)
-    return ClusterResult(
-        labels=labels, scores=scores, classes=classes, centers=centers, masks=masks
-    )
+    return Instances(labels=labels, scores=scores, classes=classes, centers=centers, masks=masks)
 
 
 def cluster_batch(
@@ -234,7 +231,7 @@ def cluster_batch(
     method: str,
     foreground: Tensor | None = None,
     **params: Any,
-) -> list[ClusterResult]:
+) -> list[Instances]:
     """:func:`cluster_embeddings` on every image of a batch.
 
     Args:
@@ -265,7 +262,7 @@ def cluster_per_class(
     classes: Sequence[int],
     semantic: Tensor | None = None,
     **params: Any,
-) -> ClusterResult:
+) -> Instances:
     """Cluster each semantic class separately (the per-class embeddings of De Brabandere et al.).
 
     For class c the foreground is ``semantic == c`` and the embedding is
@@ -279,7 +276,7 @@ def cluster_per_class(
         semantic: (H, W) int64 class map; None: argmax of ``outputs.semantic``.
 
     Returns:
-        ClusterResult with ``classes`` set.
+        Instances with ``classes`` set.
     """
     b = int(params.pop("batch_index", 0))
     if semantic is None:
@@ -314,7 +311,7 @@ def cluster_per_class(
         )
         if res.centers is not None:
             centers.append(res.centers)
-    return ClusterResult(
+    return Instances(
         labels=labels,
         scores=torch.cat(scores) if scores else torch.zeros(0),
         classes=torch.cat(cls_list) if cls_list else torch.zeros(0, dtype=torch.long),

@@ -128,7 +128,7 @@ def run(args) -> int:
         n_inst += pred.num_instances
         if args.coco:
             coco_records += W.coco_result_records(
-                image_id, pred.instances, pred.scores, pred.classes
+                image_id, pred.masks_or_labels, pred.scores, pred.classes
             )
         if args.panoptic:
             seg, infos = W.panoptic_segments(pred.labels, pred.classes, pred.semantic, stuff)

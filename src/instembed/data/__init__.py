@@ -12,7 +12,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from instembed.data.sample import IGNORE_INDEX, Sample
+from instembed.data.sample import Sample
+from instembed.structures import IGNORE_INDEX
 
 # public name -> module that defines it (resolved on first attribute access)
 _LAZY: dict[str, str] = {

@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from instembed.data import io
-from instembed.data.sample import IGNORE_INDEX, Sample
+from instembed.data.sample import Sample
+from instembed.structures import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-IGNORE_INDEX = 255
-
 
 @dataclass
 class Sample:

@@ -36,7 +36,8 @@ from dataclasses import replace
 import numpy as np
 from scipy import ndimage as ndi
 
-from instembed.data.sample import IGNORE_INDEX, Sample
+from instembed.data.sample import Sample
+from instembed.structures import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 

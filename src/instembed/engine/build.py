@@ -94,7 +94,7 @@ def cluster_outputs(outputs, cc: ClusterConfig):
     """Cluster the outputs of ONE image (batch dimension 1) with the configured method.
 
     ``foreground_classes`` in ``cc.params``: the foreground is the pixels whose semantic argmax
-    is one of them (models with a semantic head). Returns the clusterer's ``ClusterResult``
+    is one of them (models with a semantic head). Returns the clusterer's ``Instances``
     (``labels`` (H, W) int64, ``scores`` (N,), optional ``classes`` (N,)).
     """
     from instembed.cluster import cluster_embeddings

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from instembed.models.outputs import Outputs
+from instembed.structures import Outputs
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +234,7 @@ def _flip_vectors(v: torch.Tensor) -> torch.Tensor:
 
 def _semiconv_coords(t: torch.Tensor, origin: torch.Tensor | None, scale: float) -> torch.Tensor:
     """The coordinate part ``u`` the semi-conv operator adds to ``t`` (same shape as ``t``)."""
-    from instembed.models.semiconv import pixel_coordinates
+    from instembed.structures import pixel_coordinates
 
     b, h, w = t.shape[0], t.shape[-2], t.shape[-1]
     u = pixel_coordinates(b, (h, w), origin, scale, t.device, t.dtype)  # (B, 2, H, W)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,7 @@ from instembed.engine import checkpoint as ck
 from instembed.engine.build import build_model_from_config, cluster_outputs
 from instembed.engine.config import ClusterConfig, Config, config_from_yaml
 from instembed.engine.inference import infer
-from instembed.models.outputs import Outputs
+from instembed.structures import Instances, Outputs
 
 log = logging.getLogger(__name__)
 
@@ -104,56 +104,19 @@ def load_model(
 
 
 # --------------------------------------------------------------------------- prediction
-@dataclass
-class Prediction:
-    """Instances of one image. ``labels`` (H, W) int32 0 = background; ``scores`` / ``classes``
-    (N,) for ids 1..N; ``semantic`` (H, W) argmax class when the model has a semantic head;
-    ``masks`` (N, H, W) bool overlapping masks when the clusterer gives them
-    (``cluster.params.overlap_thresh``), ``masks[i]`` containing ``labels == i + 1``."""
-
-    labels: np.ndarray
-    scores: np.ndarray
-    classes: np.ndarray | None = None
-    semantic: np.ndarray | None = None
-    timing: dict[str, float] = field(default_factory=dict)
-    masks: np.ndarray | None = None
-
-    @property
-    def instances(self) -> np.ndarray:
-        """The instances as scored and written: the mask stack when there is one, else the
-        label image."""
-        return self.masks if self.masks is not None else self.labels
-
-    @property
-    def num_instances(self) -> int:
-        return int(self.scores.shape[0])
-
-
-def _np(x) -> np.ndarray | None:
-    if x is None:
-        return None
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-
-
-def instances_from_outputs(outputs: Outputs, cluster: ClusterConfig) -> Prediction:
-    """Cluster the outputs of one image (batch dim 1) into a :class:`Prediction`."""
-    res = cluster_outputs(outputs, cluster)
-    labels = _np(res.labels).astype(np.int32)
-    if labels.ndim == 3 and labels.shape[0] == 1:
-        labels = labels[0]
-    n = int(labels.max()) if labels.size else 0
-    scores = _np(getattr(res, "scores", None))
-    scores = np.ones(n, np.float32) if scores is None else scores.astype(np.float32)
-    classes = _np(getattr(res, "classes", None))
-    semantic = None
+def instances_from_outputs(outputs: Outputs, cluster: ClusterConfig) -> Instances:
+    """The :class:`~instembed.structures.Instances` of one image (batch dim 1), as numpy arrays:
+    the configured post-processing of the outputs (``labels`` int32, ``scores`` float32,
+    ``masks`` for overlapping instances, ``semantic`` argmax when the model has a semantic
+    head)."""
+    res = cluster_outputs(outputs, cluster).numpy()
     if outputs.semantic is not None:
-        semantic = _np(outputs.semantic[0].argmax(0)).astype(np.int32)
-    masks = None if res.masks is None else _np(res.masks).astype(bool)
-    return Prediction(labels, scores, classes, semantic, masks=masks)
+        res.semantic = outputs.semantic[0].argmax(0).cpu().numpy().astype(np.int32)
+    return res
 
 
 class Predictor:
-    """Model + clusterer + inference options; ``predictor(image) -> Prediction``.
+    """Model + post-processing + inference options; ``predictor(image) -> Instances`` (numpy).
 
     ``image`` (C, H, W) float32 numpy array or tensor, normalised like the training data.
     """
@@ -200,14 +163,14 @@ class Predictor:
         )
         return out.map(lambda t: t.float().cpu())
 
-    def __call__(self, image) -> Prediction:
+    def __call__(self, image) -> Instances:
         import time
 
         t0 = time.perf_counter()
         out = self.outputs(image)
         t1 = time.perf_counter()
         pred = instances_from_outputs(out, self.cluster)
-        pred.timing = {"network_s": t1 - t0, "cluster_s": time.perf_counter() - t1}
+        pred.meta["timing"] = {"network_s": t1 - t0, "cluster_s": time.perf_counter() - t1}
         return pred
 
 
@@ -244,7 +207,7 @@ class WriteOptions:
 
 
 def write_prediction(
-    out_dir: Path, stem: str, image: np.ndarray, pred: Prediction, opts: WriteOptions
+    out_dir: Path, stem: str, image: np.ndarray, pred: Instances, opts: WriteOptions
 ) -> list[Path]:
     """Write the per-image files of one prediction; returns the paths written."""
     from instembed.data.io import write_labels
@@ -256,8 +219,8 @@ def write_prediction(
             f"{stem}: overlapping masks (cluster overlap_thresh) are written as a (N, H, W) "
             f"mask-stack TIFF; got labels format {opts.labels_format!r}, use 'tif'"
         )
-    written = [write_labels(out_dir / f"{stem}.{opts.labels_format}", pred.instances)]
-    recs = W.instance_records(pred.instances, pred.scores, pred.classes)
+    written = [write_labels(out_dir / f"{stem}.{opts.labels_format}", pred.masks_or_labels)]
+    recs = W.instance_records(pred.masks_or_labels, pred.scores, pred.classes)
     h, w = pred.labels.shape
     written.append(
         W.write_json(

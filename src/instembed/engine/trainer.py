@@ -326,7 +326,7 @@ def validate(
         records.append(
             {
                 "gt": s.instances,
-                "pred": _to_numpy_labels(res.instances),
+                "pred": _to_numpy_labels(res.masks_or_labels),
                 "scores": _to_numpy_labels(res.scores) if res.scores is not None else None,
                 "pred_classes": (
                     _to_numpy_labels(res.classes)

@@ -69,7 +69,7 @@ def evaluate_outputs(outputs: Sequence, samples: Sequence, cluster: ClusterConfi
     for out, s in zip(outputs, samples):
         res = cluster_outputs(out, cluster)
         scores = None if res.scores is None else res.scores.numpy()
-        ev.add(s.instances, res.instances.numpy(), scores=scores, ignore=s.ignore)
+        ev.add(s.instances, res.masks_or_labels.numpy(), scores=scores, ignore=s.ignore)
     summary = ev.summary(per_image=False)
     return {k: float(v) for k, v in summary.items() if isinstance(v, int | float | np.number)}
 

@@ -21,9 +21,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from instembed.data.sample import IGNORE_INDEX
 from instembed.losses.semantic import default_semantic_target, semantic_ce
 from instembed.losses.targets import center_offset_targets
+from instembed.structures import IGNORE_INDEX
 
 TARGET_KEYS = (
     "center_heatmap",

@@ -35,7 +35,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from instembed.data.sample import IGNORE_INDEX
 from instembed.losses.segments import (
     Segments,
     check_spatial,
@@ -44,6 +43,7 @@ from instembed.losses.segments import (
     reduce_groups,
     segment_sum,
 )
+from instembed.structures import IGNORE_INDEX
 
 BACKGROUND_POLICIES = ("ignore", "cluster", "push")
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from instembed.data.sample import IGNORE_INDEX
+from instembed.structures import IGNORE_INDEX
 
 
 @dataclass

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from instembed.data.sample import IGNORE_INDEX
+from instembed.structures import IGNORE_INDEX
 
 
 def semantic_ce(

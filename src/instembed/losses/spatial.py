@@ -32,7 +32,7 @@ from torch import nn
 
 from instembed.losses.lovasz import lovasz_hinge_rows
 from instembed.losses.segments import check_spatial, find_segments, pixels_of, segment_sum
-from instembed.models.semiconv import DEFAULT_COORD_SCALE, pixel_coordinates
+from instembed.structures import DEFAULT_COORD_SCALE, pixel_coordinates
 
 
 def spatial_embedding_loss(

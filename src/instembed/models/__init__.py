@@ -1,23 +1,14 @@
-"""Networks: backbones with named heads, returning :class:`Outputs`; the semi-conv operator."""
+"""Networks: whole-model builders (:data:`MODELS`), backbones (:data:`BACKBONES`), heads, and the
+semi-convolutional operator. Every model returns :class:`instembed.structures.Outputs`."""
 
 from instembed.models.build import BACKBONES, build_model
 from instembed.models.embedding_net import EmbeddingNet
-from instembed.models.outputs import OUTPUT_FIELDS, Outputs
-from instembed.models.semiconv import (
-    DEFAULT_COORD_SCALE,
-    pixel_coordinates,
-    semiconv,
-    unflip_outputs,
-)
+from instembed.models.semiconv import semiconv, unflip_outputs
 
 __all__ = [
     "BACKBONES",
-    "DEFAULT_COORD_SCALE",
     "EmbeddingNet",
-    "OUTPUT_FIELDS",
-    "Outputs",
     "build_model",
-    "pixel_coordinates",
     "semiconv",
     "unflip_outputs",
 ]

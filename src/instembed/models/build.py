@@ -7,8 +7,8 @@ from torch import nn
 from instembed.models.embedding_net import EmbeddingNet
 from instembed.models.enet import ENet
 from instembed.models.erfnet import ERFNet
-from instembed.models.semiconv import DEFAULT_COORD_SCALE
 from instembed.models.unet import UNet
+from instembed.structures import DEFAULT_COORD_SCALE
 
 BACKBONES = {"unet": UNet, "erfnet": ERFNet, "enet": ENet}
 # ERFNet follows SpatialEmbeddings: one decoder for embedding/sigma/offset, one for seed/center/semantic

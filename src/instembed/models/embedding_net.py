@@ -27,10 +27,10 @@ import torch
 from torch import nn
 
 from instembed.models.blocks import crop_to, pad_to_multiple
-from instembed.models.outputs import OUTPUT_FIELDS, Outputs
-from instembed.models.semiconv import DEFAULT_COORD_SCALE, pixel_coordinates, semiconv
+from instembed.models.semiconv import semiconv
+from instembed.structures import DEFAULT_COORD_SCALE, DENSE_FIELDS, Outputs, pixel_coordinates
 
-HEAD_NAMES = OUTPUT_FIELDS
+HEAD_NAMES = DENSE_FIELDS
 DEFAULT_GROUPS = (
     ("embedding", "sigma", "offset", "class_embedding"),
     ("seed", "center", "semantic"),

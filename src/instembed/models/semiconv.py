@@ -22,36 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from instembed.models.outputs import Outputs
-
-DEFAULT_COORD_SCALE = 1.0 / 64.0
-"""Default coordinate unit: one embedding unit = 64 pixels of the original image."""
-
-
-def pixel_coordinates(
-    batch: int,
-    size: tuple[int, int],
-    coords_origin: torch.Tensor | None = None,
-    coord_scale: float = DEFAULT_COORD_SCALE,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
-    """(B, 2, H, W) tensor ``u = (y0 + i, x0 + j) * coord_scale`` for every pixel (i, j).
-
-    ``coords_origin`` is (B, 2) (y0, x0) per image, or None for (0, 0).
-    """
-    h, w = size
-    ys = torch.arange(h, device=device, dtype=dtype).view(1, h, 1).expand(batch, h, w)
-    xs = torch.arange(w, device=device, dtype=dtype).view(1, 1, w).expand(batch, h, w)
-    u = torch.stack([ys, xs], dim=1)  # (B, 2, H, W)
-    if coords_origin is not None:
-        origin = torch.as_tensor(coords_origin, device=device).to(dtype)
-        if origin.shape != (batch, 2):
-            raise ValueError(
-                f"coords_origin must have shape (B, 2) = ({batch}, 2), got {tuple(origin.shape)}"
-            )
-        u = u + origin.view(batch, 2, 1, 1)
-    return u * coord_scale
+from instembed.structures import DEFAULT_COORD_SCALE, Outputs, pixel_coordinates
 
 
 def semiconv(
