@@ -144,9 +144,9 @@ def main() -> None:
                 t_all = timed(lambda p=pred, x=image: p(x), args.reps)
                 p = pred(image)
                 row = {"size": size_text, "network": str(args.model), "clusterer": pred.cluster.method,
-                       "images_per_s": 1 / t_all, "network_s": p.timing["network_s"],
-                       "cluster_s": p.timing["cluster_s"],
-                       "cluster_share": p.timing["cluster_s"] / sum(p.timing.values())}  # fmt: skip
+                       "images_per_s": 1 / t_all, "network_s": p.meta["timing"]["network_s"],
+                       "cluster_s": p.meta["timing"]["cluster_s"],
+                       "cluster_share": p.meta["timing"]["cluster_s"] / sum(p.meta["timing"].values())}  # fmt: skip
                 rows.append(row)
                 print(json.dumps(row))
     print()
