@@ -139,9 +139,11 @@ def masks_to_labels(masks, scores=None) -> Any:
             s = torch.as_tensor(scores).detach().cpu()
             order = torch.argsort(s, stable=True).tolist()
         for k in order:
-            out[masks[k].bool()] = k + 1
+            m = masks[k] if masks.dtype == torch.bool else masks[k] >= 0.5
+            out[m] = k + 1
         return out
-    m = np.asarray(masks, bool)
+    m = np.asarray(masks)
+    m = m if m.dtype == bool else m >= 0.5
     out = np.zeros(m.shape[1:], np.int32)
     order = range(m.shape[0])
     if scores is not None and m.shape[0]:
@@ -193,7 +195,10 @@ class Instances:
     masks         (N, H, W) bool   per-instance masks that may overlap (mask stacks,
                                    proposal models); None: one instance per pixel, the
                                    label image says everything. ``masks[k]`` contains
-                                   ``labels == k + 1``.
+                                   ``labels == k + 1``. A model's raw instances may carry
+                                   soft masks (float, in [0, 1]): a pixel belongs to the
+                                   mask where the value is >= 0.5 until a post-processing
+                                   method applies its own mask threshold.
     scores        (N,) float       confidence (COCO AP ranks by it); default all ones
     classes       (N,) int         semantic class per instance, or None
     boxes         (N, 4) float     ``x1, y1, x2, y2`` (pixel edges), or None;
@@ -287,7 +292,7 @@ class Instances:
         out = self._replace(_to_numpy)
         out.labels = out.labels.astype(np.int32, copy=False)
         out.scores = out.scores.astype(np.float32, copy=False)
-        if out.masks is not None:
+        if out.masks is not None and not np.issubdtype(out.masks.dtype, np.floating):
             out.masks = out.masks.astype(bool, copy=False)
         if out.semantic is not None:
             out.semantic = out.semantic.astype(np.int32, copy=False)
