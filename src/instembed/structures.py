@@ -81,13 +81,13 @@ def pixel_coordinates(
 def masks_to_boxes(masks) -> Any:
     """(N, 4) ``x1, y1, x2, y2`` boxes (pixel edges) of an (N, H, W) mask stack.
 
-    Torch tensor in, float32 tensor out (same device); numpy in, float32 array out. Empty masks
-    get the box ``(0, 0, 0, 0)``.
+    Torch tensor in, float32 tensor out (same device); numpy in, float32 array out. Soft (float)
+    masks count where >= 0.5. Empty masks get the box ``(0, 0, 0, 0)``.
     """
     if _is_tensor(masks):
         import torch
 
-        m = masks.bool()
+        m = masks if masks.dtype == torch.bool else masks >= 0.5
         n, h, w = m.shape
         rows, cols = m.any(2), m.any(1)  # (N, H), (N, W)
         ar_h = torch.arange(h, device=m.device)
@@ -98,7 +98,8 @@ def masks_to_boxes(masks) -> Any:
         x2 = torch.where(cols, ar_w, -1).amax(1) + 1 if n else ar_w[:0]
         out = torch.stack([x1, y1, x2, y2], 1).float().reshape(n, 4)
         return torch.where(rows.any(1)[:, None], out, torch.zeros_like(out))
-    m = np.asarray(masks, bool)
+    m = np.asarray(masks)
+    m = m if m.dtype == bool else m >= 0.5
     n, h, w = m.shape
     out = np.zeros((n, 4), np.float32)
     rows, cols = m.any(2), m.any(1)
