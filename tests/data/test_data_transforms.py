@@ -235,7 +235,7 @@ def test_separable_resize_equals_scipy_map_coordinates():
 
 
 def test_dataset_adds_the_requested_targets():
-    targets = pytest.importorskip("instembed.losses.targets")
+    targets = pytest.importorskip("instembed.targets")
     s = make_samples("touching_cells", 1, size=(32, 32), seed=0)[0]
     item = InstanceDataset([s], targets=("center_offset",))[0]
     ref = targets.build_targets("center_offset", item["labels"])

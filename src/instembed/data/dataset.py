@@ -11,7 +11,7 @@ Each item is a dict of tensors (the batch contract shared with losses and the en
     "classes"        int64   (N,)    class of instance k at position k - 1 (when known)
     "coords_origin"  int64   (2,)    (y0, x0) of this crop in the (augmented) full image
     "index"          int64   ()      position in the underlying sequence
-    + the tensors returned by ``instembed.losses.targets.build_targets(name, labels, ...)`` for
+    + the tensors returned by ``instembed.targets.build_targets(name, labels, ...)`` for
       each name in ``targets``.
 
 :func:`collate` stacks equal-shaped tensors along a new batch dimension and keeps
@@ -32,19 +32,6 @@ from instembed.data.transforms import frame, relabel
 log = logging.getLogger(__name__)
 
 
-def _targets_module():
-    try:
-        from instembed.losses import targets
-    except ModuleNotFoundError as err:
-        if err.name in ("instembed.losses", "instembed.losses.targets"):
-            raise RuntimeError(
-                "training targets were requested but instembed.losses.targets is not available "
-                f"({err}); it provides build_targets(name, labels, **kw)"
-            ) from err
-        raise
-    return targets
-
-
 class InstanceDataset(torch.utils.data.Dataset):
     """A torch Dataset of instance-segmentation items built from Samples.
 
@@ -54,7 +41,7 @@ class InstanceDataset(torch.utils.data.Dataset):
         transform: a callable ``(sample, rng) -> Sample`` (e.g.
             :class:`~instembed.data.transforms.Compose`), or ``None``.
         targets: names of method-specific targets (``"center_offset"``, ...) built by
-            ``instembed.losses.targets.build_targets``; a mapping ``{name: kwargs}`` passes
+            ``instembed.targets.build_targets``; a mapping ``{name: kwargs}`` passes
             options.
         seed: with a seed, item ``i`` in epoch ``e`` (see :meth:`set_epoch`) is augmented with
             ``numpy.random.default_rng([seed, e, i])``; without one, the generator is seeded from
@@ -79,7 +66,13 @@ class InstanceDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.epoch = 0
         if self.targets:
-            _targets_module()  # fail now, not in a worker
+            from instembed.targets import TARGET_NAMES
+
+            unknown = set(self.targets) - set(TARGET_NAMES)
+            if unknown:  # fail now, not in a worker
+                raise ValueError(
+                    f"unknown target name(s) {sorted(unknown)}; valid names: {list(TARGET_NAMES)}"
+                )
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -129,7 +122,8 @@ def sample_to_item(
     if sample.classes is not None:
         item["classes"] = torch.as_tensor(np.asarray(sample.classes, np.int64))
     if targets:
-        build = _targets_module().build_targets
+        from instembed.targets import build_targets as build
+
         for name, kw in targets.items():
             extra = build(name, item["labels"], **kw)
             clash = set(extra) & set(item)

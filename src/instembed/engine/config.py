@@ -62,7 +62,7 @@ class DataConfig:
     flip: bool = True
     rot90: bool = True
     augment: list[Any] = field(default_factory=list)  # more transforms (data.transforms specs)
-    targets: list[str] = field(default_factory=list)  # method targets (losses.targets names)
+    targets: list[str] = field(default_factory=list)  # method targets (instembed.targets names)
     batch_size: int = 4
     num_workers: int = 0
 

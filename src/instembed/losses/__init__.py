@@ -13,7 +13,7 @@ from instembed.losses.metric import MetricLoss, metric_loss
 from instembed.losses.semantic import SemanticCE, semantic_ce
 from instembed.losses.semiconv_loss import SemiconvLoss, semiconv_loss
 from instembed.losses.spatial import SpatialEmbeddingLoss, spatial_embedding_loss
-from instembed.losses.targets import build_targets
+from instembed.targets import build_targets
 
 __all__ = [
     "LOSSES",

@@ -11,7 +11,7 @@
 Defaults are the paper's: w_center = 200, w_offset = 0.01, w_semantic = 1, top_k = 0.2.
 Sums run over all pixels of the batch (as the reference implementation pools them), so the batch
 value is the mean of single-image values weighted by their numbers of weighted pixels.
-Targets come from ``losses.targets.build_targets("center_offset", labels)`` in the data stage;
+Targets come from ``instembed.targets.build_targets("center_offset", labels)`` in the data stage;
 when the batch lacks them, :class:`CenterOffsetLoss` builds them from ``batch["labels"]``.
 Pixels in ``batch["ignore"]`` get centre and offset weight 0 (and semantic target void).
 """
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from instembed.losses.semantic import default_semantic_target, semantic_ce
-from instembed.losses.targets import center_offset_targets
+from instembed.targets import center_offset_targets
 from instembed.structures import IGNORE_INDEX
 
 TARGET_KEYS = (

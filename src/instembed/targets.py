@@ -1,4 +1,7 @@
-"""Training targets built in the data stage (``InstanceDataset(targets=(name, ...))``).
+"""Training targets built from instance labels: in the data stage
+(``InstanceDataset(targets=(name, ...))``) or, when the batch lacks them, by the loss itself.
+This module depends on torch and :mod:`instembed.structures` only, so data and losses both use it
+without importing each other.
 
 ``build_targets(name, labels (H, W), **kw) -> dict[str, Tensor]``; every tensor has the image's
 H, W as its last two dims, so ``collate`` stacks them into (B, ...). Names:
