@@ -211,15 +211,16 @@ def test_dataloader_with_workers_gives_the_same_batches_as_in_process():
         assert torch.equal(x["image"], y["image"]) and torch.equal(x["labels"], y["labels"])
 
 
-def test_missing_targets_module_or_bad_semantic_padding_is_clear():
+def test_crop_pads_semantic_with_void_and_unknown_targets_fail_at_construction():
     s = marker_sample()
     out = T.RandomCrop((50, 60))(s, np.random.default_rng(0))  # pads 37x53 -> 50x60
-    assert (out.semantic[37:] == IGNORE_INDEX).all()
-    try:
-        import instembed.losses.targets  # noqa: F401
-    except ModuleNotFoundError:
-        with pytest.raises(RuntimeError, match="build_targets"):
-            InstanceDataset([s], targets=("center_offset",))
+    assert out.semantic.shape == (50, 60)
+    assert (out.semantic[37:] == IGNORE_INDEX).all() and (
+        out.semantic[:, 53:] == IGNORE_INDEX
+    ).all()
+    assert (out.semantic[:37, :53] != IGNORE_INDEX).any()
+    with pytest.raises(ValueError, match=r"unknown target name.*'centre'.*center_offset"):
+        InstanceDataset([s], targets=("centre",))  # before any item is read
 
 
 def test_separable_resize_equals_scipy_map_coordinates():

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from instembed.losses.semantic import default_semantic_target, semantic_ce
-from instembed.targets import center_offset_targets
 from instembed.structures import IGNORE_INDEX
+from instembed.targets import center_offset_targets
 
 TARGET_KEYS = (
     "center_heatmap",
