@@ -45,7 +45,10 @@ def test_unknown_key_is_rejected_with_its_dotted_name(tmp_path):
         ({"run": {"steps": 1.5}}, "run.steps"),
         ({"run": {"steps": True}}, "run.steps"),  # bool is not an int here
         ({"data": {"crop": [64, "x"]}}, r"data.crop\[1\]"),
-        ({"model": {"heads": {"embedding": "8"}}}, "model.heads.embedding"),
+        ({"model": {"params": {"heads": {"embedding": "8"}}}}, "model.params.heads.embedding"),
+        ({"model": {"heads": {"embedding": "8"}}}, "model.params.heads.embedding"),  # old form
+        ({"model": {"params": {"semiconv": "yes"}}}, "model.params.semiconv"),
+        ({"model": {"name": "maskrcnm"}}, "model.name: unknown model 'maskrcnm'"),
         ({"optim": {"schedule": "linear"}}, "optim.schedule"),
         ({"model": "unet"}, "model"),
     ],
@@ -106,3 +109,39 @@ def test_to_dict_holds_only_plain_types():
         return x is None or isinstance(x, str | int | float | bool)
 
     assert walk(config_to_dict(Config()))
+
+
+def test_old_model_section_is_read_into_the_embedding_family_params():
+    # the form stored in checkpoints written before the model table (the shipped models)
+    old = config_from_dict(
+        {
+            "model": {
+                "name": "unet",
+                "in_channels": 1,
+                "heads": {"embedding": 2, "seed": 1},
+                "semiconv": True,
+                "coord_scale": None,  # meant: the model's default
+                "params": {"depth": 3},
+            }
+        }
+    )
+    assert old.model.name == "unet" and old.model.backbone is None
+    assert old.model.params == {"heads": {"embedding": 2, "seed": 1}, "semiconv": True, "depth": 3}
+    new = config_from_dict(
+        {
+            "model": {
+                "name": "embedding",
+                "backbone": "unet",
+                "params": {"heads": {"embedding": 2, "seed": 1}, "semiconv": True, "depth": 3},
+            }
+        }
+    )
+    from instembed.engine.build import build_model_from_config
+
+    a, b = build_model_from_config(old.model), build_model_from_config(new.model)
+    assert [(k, v.shape) for k, v in a.state_dict().items()] == [
+        (k, v.shape) for k, v in b.state_dict().items()
+    ]
+    assert a.semiconv and b.semiconv and a.heads == b.heads == {"embedding": 2, "seed": 1}
+    with pytest.raises(ConfigError, match="both given"):
+        config_from_dict({"model": {"semiconv": True, "params": {"semiconv": False}}})

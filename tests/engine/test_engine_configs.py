@@ -34,7 +34,7 @@ def test_config_parses_and_builds(path):
     assert model.in_channels == cfg.model.in_channels
     assert isinstance(loss, torch.nn.Module)
     if cfg.loss.name == "spatial":  # embedding units of the loss and the model must agree
-        assert cfg.loss.params["coord_scale"] == cfg.model.coord_scale
+        assert cfg.loss.params["coord_scale"] == cfg.model.params["coord_scale"]
 
 
 @pytest.mark.parametrize("path", SYNTH, ids=lambda p: p.name)

@@ -9,12 +9,16 @@ from instembed.engine.demo import demo_config
 def test_demo_models_differ_only_in_semiconv():
     a = config_to_dict(demo_config(semiconv=False, steps=10))
     b = config_to_dict(demo_config(semiconv=True, steps=10))
-    assert a["model"].pop("semiconv") is False and b["model"].pop("semiconv") is True
+    assert a["model"]["params"].pop("semiconv") is False
+    assert b["model"]["params"].pop("semiconv") is True
     assert a == b
     # the loss margin 2 * delta_d must fit between neighbouring dot centres, which are
     # spacing * coord_scale = 1 embedding unit apart for the semi-conv model
     m = demo_config(True, 10)
-    assert 2 * m.loss.params["delta_d"] < m.data.synth_params["spacing"] * m.model.coord_scale
+    assert (
+        2 * m.loss.params["delta_d"]
+        < m.data.synth_params["spacing"] * m.model.params["coord_scale"]
+    )
 
 
 @pytest.mark.slow

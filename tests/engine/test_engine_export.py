@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import require
 from instembed.engine import checkpoint as ck
 from instembed.engine.config import ClusterConfig, Config, config_to_yaml
 from instembed.engine.export import export_onnx, export_torchscript
@@ -78,7 +79,7 @@ def test_torchscript_with_center_offset_matches_pipeline(tmp_path):
 
 
 def test_onnx_network_parity_with_reference_runtime(tmp_path):
-    onnx = pytest.importorskip("onnx")
+    onnx = require("onnx")
     from onnx.reference import ReferenceEvaluator
 
     m = _model({"embedding": 3, "seed": 1, "offset": 2})
@@ -101,9 +102,8 @@ def test_export_cli(tmp_path, capsys):
     from instembed.cli import main
 
     cfg = Config()
-    cfg.model.heads = {"embedding": 4}
-    cfg.model.params = {"depth": 2, "width": 4}
-    m = build_model("unet", heads=cfg.model.heads, depth=2, width=4)
+    cfg.model.params = {"heads": {"embedding": 4}, "depth": 2, "width": 4}
+    m = build_model("unet", heads={"embedding": 4}, depth=2, width=4)
     ckpt = ck.save_checkpoint(
         tmp_path / "m.pt", model_state=m.state_dict(), config_yaml=config_to_yaml(cfg), step=0
     )

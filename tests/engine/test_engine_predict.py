@@ -126,12 +126,10 @@ def test_too_small_overlap_splits_objects_on_tile_borders():
 # --------------------------------------------------------------------------- checkpoints / CLI
 def _tiny_checkpoint(tmp_path, name="model.pt"):
     cfg = Config()
-    cfg.model.heads = {"embedding": 4, "seed": 1}
-    cfg.model.semiconv = True
-    cfg.model.params = {"depth": 2, "width": 4}
+    cfg.model.params = {"heads": {"embedding": 4, "seed": 1}, "semiconv": True, "depth": 2, "width": 4}
     cfg.cluster = ClusterConfig("threshold", {"delta_v": 0.5})
     torch.manual_seed(0)
-    model = build_model("unet", heads=cfg.model.heads, semiconv=True, depth=2, width=4)
+    model = build_model("unet", heads={"embedding": 4, "seed": 1}, semiconv=True, depth=2, width=4)
     path = ck.save_checkpoint(
         tmp_path / name, model_state=model.state_dict(), config_yaml=config_to_yaml(cfg), step=0
     )
@@ -141,7 +139,7 @@ def _tiny_checkpoint(tmp_path, name="model.pt"):
 def test_load_model_from_file_run_folder_and_pretrained_name(tmp_path):
     path, model, _ = _tiny_checkpoint(tmp_path / "run", "best.pt")
     loaded, cfg = load_model(tmp_path / "run")
-    assert cfg.model.heads == {"embedding": 4, "seed": 1}
+    assert cfg.model.params["heads"] == {"embedding": 4, "seed": 1}
     for k, v in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v)
     # a shipped pretrained model: <name>.pt + <name>.json with its sha256

@@ -81,8 +81,14 @@ def test_eval_mode_returns_same_fields():
 
 
 def test_unknown_name_lists_valid_names():
-    with pytest.raises(ValueError, match=r"valid names: \['enet', 'erfnet', 'unet'\]"):
+    with pytest.raises(
+        ValueError, match=r"\['embedding'\] \(families\) or \['enet', 'erfnet', 'unet'\]"
+    ):
         build_model("resnet")
+    with pytest.raises(
+        ValueError, match=r"unknown backbone 'resnet'.*\['enet', 'erfnet', 'unet'\]"
+    ):
+        build_model("embedding", backbone="resnet")
 
 
 def test_bad_heads_and_input_errors():

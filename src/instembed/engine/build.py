@@ -20,19 +20,15 @@ log = logging.getLogger(__name__)
 
 def model_kwargs(mc: ModelConfig) -> dict[str, Any]:
     """Keyword arguments of :func:`instembed.models.build_model` for this section."""
-    kw: dict[str, Any] = {
-        "in_channels": mc.in_channels,
-        "heads": dict(mc.heads),
-        "semiconv": mc.semiconv,
-        **mc.params,
-    }
-    if mc.coord_scale is not None:
-        kw["coord_scale"] = mc.coord_scale
+    kw: dict[str, Any] = {"in_channels": mc.in_channels, **mc.params}
+    if mc.backbone is not None:
+        kw["backbone"] = mc.backbone
     return kw
 
 
 def build_model_from_config(mc: ModelConfig):
-    """``instembed.models.build_model(mc.name, ...)`` -> ``nn.Module`` returning ``Outputs``."""
+    """``instembed.models.build_model(mc.name, ...)``: an ``nn.Module`` called
+    ``model(image, coords_origin=None, targets=None) -> Outputs``."""
     from instembed.models import build_model
 
     return build_model(mc.name, **model_kwargs(mc))

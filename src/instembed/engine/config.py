@@ -69,14 +69,23 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """Arguments of :func:`instembed.models.build_model`."""
+    """Arguments of :func:`instembed.models.build_model`: ``build_model(name, in_channels,
+    backbone=backbone, **params)``.
 
-    name: str = "unet"
+    ``name`` is a family of :data:`instembed.models.MODELS` (``embedding``, ...) or a backbone
+    name as a shorthand for the embedding family on that backbone; ``params`` are the family's
+    own arguments (embedding: ``heads``, ``semiconv``, ``coord_scale``, ``coordconv``,
+    ``head_groups``, ``sigma_init`` and the backbone's ``depth``, ``width`` ...), type-checked
+    where the family declares types (:data:`instembed.models.build.MODEL_PARAM_TYPES`).
+
+    Checkpoints written before the model table existed stored ``heads``, ``semiconv`` and
+    ``coord_scale`` beside ``name``; they are read into ``params``.
+    """
+
+    name: str = "embedding"
+    backbone: str | None = None  # for families that take one
     in_channels: int = 1
-    heads: dict[str, int] = field(default_factory=lambda: {"embedding": 8})
-    semiconv: bool = False
-    coord_scale: float | None = None  # None = the model's default
-    params: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=lambda: {"heads": {"embedding": 8}})
 
 
 @dataclass
@@ -244,6 +253,48 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
     return cls(**kwargs)
 
 
+# --------------------------------------------------------------------------- model section
+LEGACY_MODEL_KEYS = ("heads", "semiconv", "coord_scale")  # embedding-family keys of old configs
+
+
+def _legacy_model_section(data: dict) -> dict:
+    """Old model sections kept ``heads``, ``semiconv`` and ``coord_scale`` beside ``name``; they
+    are the embedding family's parameters now (``model.params``). ``coord_scale: null`` meant
+    the model's default and is dropped."""
+    model = data.get("model")
+    if not isinstance(model, dict) or not any(k in model for k in LEGACY_MODEL_KEYS):
+        return data
+    model = dict(model)
+    params = dict(model.get("params") or {})
+    for key in LEGACY_MODEL_KEYS:
+        if key in model:
+            value = model.pop(key)
+            if key in params:
+                raise ConfigError(f"model.{key} and model.params.{key} are both given")
+            if value is not None:
+                params[key] = value
+    model["params"] = params
+    return {**data, "model": model}
+
+
+def _check_model_params(mc: ModelConfig) -> ModelConfig:
+    """Type-check ``model.params`` against the family's declared parameter types."""
+    from instembed.models.build import BACKBONES, MODEL_PARAM_TYPES, MODELS
+
+    family = "embedding" if mc.name.lower() in BACKBONES else mc.name.lower()
+    if family not in MODELS:
+        raise ConfigError(
+            f"model.name: unknown model {mc.name!r}; valid: {sorted(MODELS)} (families) or "
+            f"{sorted(BACKBONES)} (backbones of the embedding family)"
+        )
+    types = MODEL_PARAM_TYPES.get(family, {})
+    params = dict(mc.params)
+    for key, tp in types.items():
+        if key in params and params[key] is not None:
+            params[key] = _coerce(params[key], tp, f"model.params.{key}")
+    return dataclasses.replace(mc, params=params)
+
+
 # --------------------------------------------------------------------------- public API
 def config_from_dict(data: dict | None) -> Config:
     """Build a :class:`Config` from a nested mapping; missing keys keep their defaults."""
@@ -251,7 +302,9 @@ def config_from_dict(data: dict | None) -> Config:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"config must be a mapping of sections, got {type(data).__name__}")
-    return _build(Config, data, "")
+    cfg = _build(Config, _legacy_model_section(data), "")
+    cfg.model = _check_model_params(cfg.model)
+    return cfg
 
 
 def config_to_dict(cfg: Config) -> dict:

@@ -72,7 +72,7 @@ def parse_heads(heads: dict) -> tuple[dict[str, int], tuple[int, int] | None]:
 
 
 class EmbeddingNet(nn.Module):
-    """Backbone encoder + one decoder per head group; ``forward(x, coords_origin) -> Outputs``."""
+    """Backbone encoder + one decoder per head group; ``forward(x, coords_origin, targets) -> Outputs``."""
 
     def __init__(
         self,
@@ -136,8 +136,17 @@ class EmbeddingNet(nn.Module):
         """Theoretical receptive field (pixels, side of the square window) of one output pixel."""
         return int(self.backbone.receptive_field())
 
-    def forward(self, x: torch.Tensor, coords_origin: torch.Tensor | None = None) -> Outputs:
-        """x (B, C, H, W) float; coords_origin (B, 2) (y0, x0) of each crop, or None."""
+    def forward(
+        self,
+        x: torch.Tensor,
+        coords_origin: torch.Tensor | None = None,
+        targets: list[dict] | None = None,
+    ) -> Outputs:
+        """x (B, C, H, W) float; coords_origin (B, 2) (y0, x0) of each crop, or None.
+
+        ``targets`` (the batch's per-image targets) is accepted for the common model call and
+        not used: a dense network's outputs do not depend on the ground truth.
+        """
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(
                 f"model input must be (B, {self.in_channels}, H, W), got shape {tuple(x.shape)}"
