@@ -9,13 +9,18 @@ Each item is a dict of tensors (the batch contract shared with losses and the en
     "ignore"         bool    (H, W)  True = excluded from losses and scores
     "semantic"       int64   (H, W)  class ids, 255 = void (only when the samples have it)
     "classes"        int64   (N,)    class of instance k at position k - 1 (when known)
+    "instance_masks" bool    (N, H, W) one mask per instance, overlaps kept (mask stacks) --
+                                     ``instance_masks[k - 1]`` is instance k of "labels"
+    "boxes"          float32 (N, 4)  x1, y1, x2, y2 of each mask (pixel edges)
     "coords_origin"  int64   (2,)    (y0, x0) of this crop in the (augmented) full image
     "index"          int64   ()      position in the underlying sequence
     + the tensors returned by ``instembed.targets.build_targets(name, labels, ...)`` for
       each name in ``targets``.
 
-:func:`collate` stacks equal-shaped tensors along a new batch dimension and keeps
-variable-length ones (``classes``) as lists.
+:func:`collate` stacks equal-shaped tensors along a new batch dimension and keeps the
+per-instance ones (``classes``, ``instance_masks``, ``boxes``) as lists of per-image tensors.
+:func:`image_targets` turns a batch into the per-image target dicts a model receives
+(``model(image, coords_origin, targets)``).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import torch
 
 from instembed.data.sample import Sample
 from instembed.data.transforms import frame, relabel
+from instembed.structures import masks_to_boxes
 
 log = logging.getLogger(__name__)
 
@@ -107,13 +113,18 @@ def sample_to_item(
         overlap = cover > 1
         labels[overlap] = 0
         ignore = ignore | overlap
+        masks = sample.instances.astype(bool, copy=False)
     else:
         labels = sample.instances.astype(np.int64)
+        n = int(labels.max(initial=0))  # relabelled: ids 1..n
+        masks = labels[None] == np.arange(1, n + 1, dtype=np.int64).reshape(-1, 1, 1)
     (y0, x0), _ = frame(sample)
     item: dict[str, torch.Tensor] = {
         "image": torch.from_numpy(np.ascontiguousarray(sample.image, np.float32)),
         "labels": torch.from_numpy(np.ascontiguousarray(labels)),
         "ignore": torch.from_numpy(np.ascontiguousarray(ignore)),
+        "instance_masks": torch.from_numpy(np.ascontiguousarray(masks)),
+        "boxes": torch.from_numpy(masks_to_boxes(masks)),
         "coords_origin": torch.tensor([y0, x0], dtype=torch.int64),
         "index": torch.tensor(int(index), dtype=torch.int64),
     }
@@ -135,11 +146,16 @@ def sample_to_item(
     return item
 
 
+PER_INSTANCE_KEYS = ("classes", "instance_masks", "boxes")
+"""Batch keys that hold one entry per instance: lists of per-image tensors after collate."""
+
+
 def collate(items: Sequence[Mapping[str, torch.Tensor]]) -> dict:
     """Stack a list of item dicts into a batch dict.
 
     Tensors are stacked along a new dim 0 (differing shapes are an error naming the key), except
-    ``classes``, which stays a list of (N_b,) tensors. Non-tensor values become lists.
+    the per-instance :data:`PER_INSTANCE_KEYS`, which stay lists of per-image tensors. Non-tensor
+    values become lists.
     """
     if not items:
         raise ValueError("collate: got an empty list of items")
@@ -157,7 +173,7 @@ def collate(items: Sequence[Mapping[str, torch.Tensor]]) -> dict:
             batch[k] = vals
             continue
         shapes = {tuple(v.shape) for v in vals}
-        if k == "classes":  # variable length: always a list of (N_b,) tensors
+        if k in PER_INSTANCE_KEYS:  # variable length: always a list of per-image tensors
             batch[k] = vals
         elif len(shapes) == 1:
             batch[k] = torch.stack(vals)
@@ -167,3 +183,27 @@ def collate(items: Sequence[Mapping[str, torch.Tensor]]) -> dict:
                 "batch must share a size (add a RandomCrop(size) transform or use batch size 1)"
             )
     return batch
+
+
+def image_targets(batch: Mapping) -> list[dict[str, torch.Tensor]]:
+    """The per-image targets of a collated batch, as a model receives them.
+
+    One dict per image with ``labels`` (H, W), ``ignore`` (H, W), ``masks`` (N, H, W) bool
+    (overlaps kept), ``boxes`` (N, 4) and, when the data have them, ``classes`` (N,) and
+    ``semantic`` (H, W). The tensors are the batch's own (no copy).
+    """
+    n = int(batch["image"].shape[0])
+    out = []
+    for i in range(n):
+        t = {
+            "labels": batch["labels"][i],
+            "ignore": batch["ignore"][i],
+            "masks": batch["instance_masks"][i],
+            "boxes": batch["boxes"][i],
+        }
+        if "classes" in batch:
+            t["classes"] = batch["classes"][i]
+        if "semantic" in batch:
+            t["semantic"] = batch["semantic"][i]
+        out.append(t)
+    return out
