@@ -148,6 +148,17 @@ def tile_grid(
     ]
 
 
+def _dense_only(out: Outputs, what: str) -> Outputs:
+    """``out`` when it holds dense maps only; models that return instances themselves
+    (proposal-based, recurrent) cannot be stitched or averaged map by map."""
+    if out.instances is not None:
+        raise ValueError(
+            f"{what} combines dense output maps, but this model returns instances itself "
+            "(Outputs.instances); run it on the whole image without --tile / --tta"
+        )
+    return out
+
+
 def _run(model: nn.Module, x: torch.Tensor, origin: torch.Tensor | None) -> Outputs:
     return model(x, coords_origin=origin)
 
@@ -197,7 +208,7 @@ def tiled_outputs(
                 [[coords_origin[0] + t.y0, coords_origin[1] + t.x0] for t in chunk],
                 device=image.device,
             )
-            out = forward(model, x, origin).to_dict()
+            out = _dense_only(forward(model, x, origin), "tiling (--tile)").to_dict()
             for name, v in out.items():
                 if name not in stitched:
                     stitched[name] = v.new_zeros((1, *v.shape[1:-2], h, w))
@@ -283,7 +294,7 @@ def tta_forward(
     acc: dict[str, torch.Tensor] = {}
     for k, flip in transforms:
         xt = _forward_transform(x, k, flip)
-        out = model(xt, coords_origin=origin).to_dict()
+        out = _dense_only(model(xt, coords_origin=origin), "test-time augmentation").to_dict()
         for name, t in out.items():
             vector = name in VECTOR_FIELDS
             if semi and name in EMBEDDING_FIELDS:

@@ -5,7 +5,7 @@ module's ``forward(outputs: Outputs, batch: dict)`` returns the same. See docs/l
 """
 
 from instembed.losses.bilateral import BilateralLoss, bilateral_loss
-from instembed.losses.build import LOSSES, build_loss
+from instembed.losses.build import LOSSES, build_loss, register_loss
 from instembed.losses.center_offset import CenterOffsetLoss, center_offset_loss
 from instembed.losses.discriminative import DiscriminativeLoss, discriminative_loss
 from instembed.losses.lovasz import lovasz_hinge_rows
@@ -26,6 +26,7 @@ __all__ = [
     "SpatialEmbeddingLoss",
     "bilateral_loss",
     "build_loss",
+    "register_loss",
     "build_targets",
     "center_offset_loss",
     "discriminative_loss",

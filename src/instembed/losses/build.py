@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 
 from torch import nn
 
@@ -49,14 +50,33 @@ _FILLED = {
 }
 
 
+def register_loss(
+    name: str, module: type[nn.Module], function: Callable | None = None
+) -> type[nn.Module]:
+    """Add a loss to :data:`LOSSES` (usable as ``loss.name`` in configs); returns ``module``.
+
+    ``module(**options)`` is called with the config's ``loss.params``; its ``forward(outputs,
+    batch) -> (total, terms)`` reads :class:`~instembed.structures.Outputs` (``aux`` included)
+    and the batch. ``function``: the pure function whose keyword-only options the module
+    forwards through ``**params`` (as the built-in losses do), if any.
+    """
+    key = str(name).lower()
+    LOSSES[key] = module
+    if function is not None:
+        FUNCTIONS[key] = function
+    return module
+
+
 def loss_options(name: str) -> list[str]:
     """The keyword options ``build_loss(name, ...)`` accepts."""
-    fn = FUNCTIONS[name]
-    kw = [
-        p.name
-        for p in inspect.signature(fn).parameters.values()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in _FILLED
-    ]
+    kw = []
+    fn = FUNCTIONS.get(name)
+    if fn is not None:
+        kw = [
+            p.name
+            for p in inspect.signature(fn).parameters.values()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in _FILLED
+        ]
     extra = inspect.signature(LOSSES[name].__init__).parameters
     kw += [p for p in extra if p not in ("self", "params")]
     if name == "discriminative":
