@@ -7,7 +7,8 @@ Label images are written with :func:`instembed.data.io.write_labels` (TIFF / PNG
   height, in pixels, inclusive of the last pixel).
 * COCO results: a list of ``{"image_id", "category_id", "segmentation": {"size": [H, W],
   "counts": str}, "score", "bbox", "area"}`` with compressed column-major RLE as in the COCO
-  API (``pycocotools.mask.encode`` when installed, else :func:`encode_rle_py`, the same format).
+  API (``pycocotools.mask.encode`` when installed, else :func:`encode_rle_py`, the same format;
+  both live in :mod:`instembed.data.rle` and are re-exported here).
 * Panoptic: PNG with ``id = R + 256 G + 256^2 B`` and a ``segments_info`` list, the COCO
   panoptic format (Kirillov et al. 2019 / panopticapi).
 """
@@ -19,6 +20,8 @@ import os
 from pathlib import Path
 
 import numpy as np
+
+from instembed.data.rle import encode_rle, encode_rle_py
 
 __all__ = [
     "coco_result_records",
@@ -134,57 +137,7 @@ def write_overlay(path: str | os.PathLike, image: np.ndarray, labels: np.ndarray
     return path
 
 
-# --------------------------------------------------------------------------- RLE
-def _rle_counts(mask: np.ndarray) -> list[int]:
-    """Run lengths of a (H, W) bool mask in column-major order, starting with a run of 0s."""
-    flat = np.asarray(mask, bool).ravel(order="F")
-    if flat.size == 0:
-        return [0]
-    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    bounds = np.concatenate([[0], change, [flat.size]])
-    counts = np.diff(bounds).tolist()
-    if flat[0]:
-        counts = [0, *counts]
-    return counts
-
-
-def _compress_counts(counts: list[int]) -> str:
-    """COCO's compressed string: each count (minus the count two before it, from the third on)
-    as little-endian groups of 5 bits, 0x20 = "more groups follow", offset by 48 into ASCII
-    (the format of the COCO API's ``rleToString``)."""
-    out = []
-    for i, c in enumerate(counts):
-        x = int(c) - (int(counts[i - 2]) if i > 2 else 0)
-        more = True
-        while more:
-            ch = x & 0x1F
-            x >>= 5
-            more = not ((x == 0 and not (ch & 0x10)) or (x == -1 and (ch & 0x10)))
-            if more:
-                ch |= 0x20
-            out.append(chr(ch + 48))
-    return "".join(out)
-
-
-def encode_rle_py(mask: np.ndarray) -> dict:
-    """Compressed COCO RLE of a (H, W) bool mask without pycocotools."""
-    mask = np.asarray(mask, bool)
-    return {
-        "size": [int(mask.shape[0]), int(mask.shape[1])],
-        "counts": _compress_counts(_rle_counts(mask)),
-    }
-
-
-def encode_rle(mask: np.ndarray) -> dict:
-    """Compressed COCO RLE ``{"size": [H, W], "counts": str}`` (pycocotools when installed)."""
-    try:
-        from pycocotools import mask as mask_utils
-    except ImportError:
-        return encode_rle_py(mask)
-    rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, np.uint8)))
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
-
-
+# --------------------------------------------------------------------------- COCO results
 def coco_result_records(
     image_id: int | str,
     labels: np.ndarray,
