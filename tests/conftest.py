@@ -1,14 +1,22 @@
-"""Shared fixtures.
+"""Shared fixtures and helpers.
 
 Real data sets are read from ``$INSTEMBED_DATA`` (default ``../shared/data`` beside the
 checkout). A test that needs one uses the ``shared_data`` fixture: outside CI a missing data set
-skips with the reason; under CI (``CI=true``) it fails the run.
+skips with the reason; under CI (``CI=true``) it fails the run. Every test that uses the fixture
+(directly or through another fixture) carries the ``data`` marker, so ``-m "not data"`` selects
+the tests that run without the shared data.
+
+Optional test dependencies (pycocotools, onnx, tensorboard, sklearn) are imported with
+:func:`require`, never ``pytest.importorskip``: a missing one skips outside CI and fails the run
+under CI, so a CI image that lacks one cannot pass by skipping silently.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -21,6 +29,28 @@ def data_root() -> Path:
 
 def _under_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require(module_name: str, reason: str | None = None) -> ModuleType:
+    """Import and return ``module_name``; when it is missing, skip (with the reason) outside CI
+    and fail the test under CI (``CI=true``). Use instead of ``pytest.importorskip``.
+
+    Usable at module level (a missing module then skips / fails the whole file) and inside a
+    test. Only a missing ``module_name`` (or one of its parent packages) counts as missing: an
+    ImportError raised while importing an installed module propagates unchanged.
+    """
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        missing = err.name or ""
+        if not (module_name == missing or module_name.startswith(missing + ".")):
+            raise
+        msg = f"optional test dependency {module_name!r} is not installed"
+        if reason:
+            msg += f" ({reason})"
+        if _under_ci():
+            pytest.fail(msg + " -- required under CI", pytrace=False)
+        pytest.skip(msg, allow_module_level=True)
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +67,11 @@ def shared_data():
         return path
 
     return get
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that reads the shared data (uses ``shared_data``, also through another
+    fixture) with ``data``."""
+    for item in items:
+        if "shared_data" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.data)

@@ -9,6 +9,7 @@ import pytest
 import tifffile
 from PIL import Image
 
+from conftest import require
 from instembed.data import io
 from instembed.data.readers import (
     detect_format,
@@ -216,7 +217,7 @@ def test_cvppp_layout_palette_and_rgb_labels(tmp_path):
 
 
 def _coco_fixture(tmp_path):
-    mask_util = pytest.importorskip("pycocotools.mask")
+    mask_util = require("pycocotools.mask")
     h, w = 20, 30
     _png(tmp_path / "coco" / "images" / "a.png", np.zeros((h, w, 3), np.uint8))
     _png(tmp_path / "coco" / "images" / "b.png", np.zeros((h, w, 3), np.uint8))
@@ -281,7 +282,7 @@ def test_coco_reader_matches_pycocotools(tmp_path):
 
 
 def test_own_rle_decoder_and_polygon_fallback_against_pycocotools(monkeypatch):
-    mask_util = pytest.importorskip("pycocotools.mask")
+    mask_util = require("pycocotools.mask")
     rng = np.random.default_rng(0)
     for _ in range(5):
         m = (rng.random((23, 31)) < 0.3).astype(np.uint8)

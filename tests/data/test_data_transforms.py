@@ -236,9 +236,48 @@ def test_separable_resize_equals_scipy_map_coordinates():
 
 
 def test_dataset_adds_the_requested_targets():
-    targets = pytest.importorskip("instembed.targets")
-    s = make_samples("touching_cells", 1, size=(32, 32), seed=0)[0]
-    item = InstanceDataset([s], targets=("center_offset",))[0]
-    ref = targets.build_targets("center_offset", item["labels"])
-    for k, v in ref.items():
-        assert torch.equal(item[k], v)
+    # center_offset targets of a hand-built label image against a numpy reference written from
+    # the documented definition (not instembed.targets, which the data set itself calls):
+    #   id 4: rows 1-5 x cols 2-4 (15 px), centre of mass (3, 3)
+    #   id 9: rows 7-8 x cols 8-10 plus (9, 8) (7 px), centre (54/7, 62/7) -> rounded (8, 9)
+    h, w = 12, 14
+    labels = np.zeros((h, w), np.int32)
+    labels[1:6, 2:5] = 4
+    labels[7:9, 8:11] = 9
+    labels[9, 8] = 9
+    s = Sample(np.zeros((1, h, w), np.float32), labels)
+    kw = {"sigma": 2.0, "small_instance_area": 10, "small_instance_weight": 2.5}
+    item = InstanceDataset([s], targets={"center_offset": kw})[0]
+
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    centres = {4: (3.0, 3.0), 9: (54 / 7, 62 / 7)}
+    peaks = {4: (3, 3), 9: (8, 9)}
+    radius = int(3 * 2.0 + 1)  # window of half-width 7 px
+    heat = np.zeros((h, w))
+    offset = np.zeros((2, h, w))
+    sem_w = np.ones((h, w))
+    for k, (cy, cx) in centres.items():
+        m = labels == k
+        offset[0][m] = cy - yy[m]
+        offset[1][m] = cx - xx[m]
+        ry, rx = peaks[k]
+        window = (np.abs(yy - ry) <= radius) & (np.abs(xx - rx) <= radius)
+        g = np.exp(-((yy - ry) ** 2 + (xx - rx) ** 2) / (2 * 2.0**2)) * window
+        heat = np.maximum(heat, g)
+    sem_w[labels == 9] = 2.5  # 7 px < small_instance_area 10; id 4 (15 px) keeps weight 1
+    expected = {
+        "center_heatmap": heat[None],
+        "offset_target": offset,
+        "offset_weights": (labels > 0).astype(np.float64),
+        "center_weights": np.ones((h, w)),
+        "semantic_weights": sem_w,
+    }
+    for k, ref in expected.items():
+        assert k in item, k
+        assert tuple(item[k].shape) == ref.shape, k
+        np.testing.assert_allclose(item[k].double().numpy(), ref, atol=1e-6, err_msg=k)
+    # spot values by hand: the heat map peaks at 1 on each rounded centre, and is exp(-1/8)
+    # one pixel away; the offset of pixel (1, 2) of id 4 is (3 - 1, 3 - 2)
+    assert item["center_heatmap"][0, 3, 3] == 1 and item["center_heatmap"][0, 8, 9] == 1
+    assert float(item["center_heatmap"][0, 3, 4]) == pytest.approx(np.exp(-1 / 8))
+    assert item["offset_target"][:, 1, 2].tolist() == [2.0, 1.0]

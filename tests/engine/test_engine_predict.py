@@ -100,14 +100,18 @@ def test_tiled_equals_untiled_instances(tta):
     full = _predictor(WindowCentroidNet(), tta=tta)(img)
     # tiles of 48 px with the default overlap (receptive field 13 -> 14 px)
     tiled = _predictor(WindowCentroidNet(), tile=48, tta=tta, batch=4)(img)
-    tiles = 0
+    # both find the 30 discs: same count, and the untiled result is the ground truth
+    assert int(full.labels.max()) == int(tiled.labels.max()) == int(labels.max()) == 30
+    assert adjusted_rand_index(labels, full.labels) == pytest.approx(1.0)
     assert adjusted_rand_index(full.labels, tiled.labels) == pytest.approx(1.0)
-    # and per object: same pixel set (label ids may be numbered differently)
+    # and per object: same pixel set (label ids may be numbered differently), one-to-one
+    matched = set()
     for i in range(1, int(full.labels.max()) + 1):
         ids = np.unique(tiled.labels[full.labels == i])
         assert len(ids) == 1 and ids[0] > 0
-        tiles += 1
-    assert tiles == labels.max()
+        assert np.array_equal(tiled.labels == ids[0], full.labels == i)
+        matched.add(int(ids[0]))
+    assert len(matched) == 30
 
 
 def test_too_small_overlap_splits_objects_on_tile_borders():
@@ -124,12 +128,28 @@ def test_too_small_overlap_splits_objects_on_tile_borders():
 
 
 # --------------------------------------------------------------------------- checkpoints / CLI
-def _tiny_checkpoint(tmp_path, name="model.pt"):
+def _tiny_checkpoint(tmp_path, name="model.pt", cells=False):
+    """A random-weight tiny U-Net checkpoint. Its predictions are empty (seed < 0.5 everywhere);
+    ``cells=True`` zeroes every weight instead, so that the semi-conv embedding is exactly the
+    pixel position * coord_scale and seed = 0.5 everywhere: with fg_thresh 0.4 every pixel is
+    foreground and threshold clustering (delta_v 0.2) cuts the image into many compact cells --
+    a prediction with many instances that tiling must reproduce exactly (tile origins enter the
+    embedding)."""
     cfg = Config()
-    cfg.model.params = {"heads": {"embedding": 4, "seed": 1}, "semiconv": True, "depth": 2, "width": 4}
+    cfg.model.params = {
+        "heads": {"embedding": 4, "seed": 1},
+        "semiconv": True,
+        "depth": 2,
+        "width": 4,
+    }
     cfg.cluster = ClusterConfig("threshold", {"delta_v": 0.5})
     torch.manual_seed(0)
     model = build_model("unet", heads={"embedding": 4, "seed": 1}, semiconv=True, depth=2, width=4)
+    if cells:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.zero_()
+        cfg.cluster = ClusterConfig("threshold", {"delta_v": 0.2, "fg_thresh": 0.4})
     path = ck.save_checkpoint(
         tmp_path / name, model_state=model.state_dict(), config_yaml=config_to_yaml(cfg), step=0
     )
@@ -168,7 +188,7 @@ def test_incompatible_checkpoint_is_a_clear_error(tmp_path):
 def test_predict_cli_writes_files_and_reports_bad_images(tmp_path, capsys):
     from instembed.cli import main
 
-    path, model, cfg = _tiny_checkpoint(tmp_path)
+    path, model, cfg = _tiny_checkpoint(tmp_path, cells=True)
     inputs = tmp_path / "in"
     inputs.mkdir()
     rng = np.random.default_rng(0)
@@ -185,6 +205,10 @@ def test_predict_cli_writes_files_and_reports_bad_images(tmp_path, capsys):
     assert "broken.png" in captured.err and "1 input(s) failed" in captured.err
     assert not (out / "broken.tif").exists()
     coco = json.loads((out / "coco.json").read_text())
+    panoptic = json.loads((out / "panoptic.json").read_text())
+    image_ids = {im["file_name"]: im["id"] for im in panoptic["images"]}
+    assert sorted(image_ids) == ["img0.png", "img1.png"]
+    assert {c["image_id"] for c in coco} == set(image_ids.values())
     from pycocotools import mask as mask_utils
 
     for i in range(2):
@@ -192,6 +216,8 @@ def test_predict_cli_writes_files_and_reports_bad_images(tmp_path, capsys):
         table = json.loads((out / f"img{i}.json").read_text())
         assert lab.shape == (40, 52) and table["height"] == 40
         ids = sorted(int(v) for v in np.unique(lab) if v)
+        # every pixel is foreground and the cells are numbered 1..N, N well above 1
+        assert (lab > 0).all() and len(ids) >= 8 and ids == list(range(1, len(ids) + 1))
         assert [r["id"] for r in table["instances"]] == ids
         for r in table["instances"]:  # area and bbox agree with the label image
             ys, xs = np.nonzero(lab == r["id"])
@@ -206,7 +232,9 @@ def test_predict_cli_writes_files_and_reports_bad_images(tmp_path, capsys):
         pan = np.asarray(Image.open(out / "panoptic" / f"img{i}.png")).astype(np.int64)
         assert np.array_equal(pan[..., 0] + 256 * pan[..., 1], lab)
         # the COCO RLE of each instance decodes to its mask
-        recs = [c for c in coco if c["image_id"] == i + 1]
+        # (image ids are 1-based positions in the sorted input list, failed inputs included:
+        # broken.png is 1; panoptic.json maps them to file names)
+        recs = [c for c in coco if c["image_id"] == image_ids[f"img{i}.png"]]
         assert len(recs) == len(ids)
         for c in recs:
             m = mask_utils.decode(
@@ -218,7 +246,9 @@ def test_predict_cli_writes_files_and_reports_bad_images(tmp_path, capsys):
 
     img, _ = load_image(inputs / "img0.tif", "percentile", channels=1)
     direct = Predictor(model, cfg)(img).labels
-    assert adjusted_rand_index(direct, tifffile.imread(out / "img0.tif")) == pytest.approx(1.0)
+    written = tifffile.imread(out / "img0.tif")
+    assert direct.max() == written.max() >= 8
+    assert adjusted_rand_index(direct, written) == pytest.approx(1.0)
 
 
 def test_predict_cli_missing_inputs(tmp_path, capsys):

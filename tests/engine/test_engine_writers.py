@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import require
 from instembed.engine import writers as W
 
-mask_utils = pytest.importorskip("pycocotools.mask")
+mask_utils = require("pycocotools.mask")
 
 
 @pytest.mark.parametrize("seed", range(6))

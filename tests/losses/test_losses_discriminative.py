@@ -208,40 +208,57 @@ def test_per_class_embedding_uses_class_slice():
     torch.testing.assert_close(a, b)
 
 
-def test_eq9_geometry_when_var_and_dist_vanish():
-    # Build 3 clusters whose pixels lie within delta_v of their mean and whose means are
-    # >= 2 delta_d apart; the loss terms vanish, and with delta_d > 2 delta_v every pixel is
-    # closer to all pixels of its own instance than to any pixel of another (eq. 9), and closer
-    # to its own mean than to any other mean.
-    dv, dd = 0.5, 1.1
-    g = torch.Generator().manual_seed(0)
-    centres = torch.tensor([[0.0, 0.0], [2.2, 0.0], [1.1, 1.91]])  # pairwise >= 2.2 = 2 dd
-    pts, lab = [], []
-    for k, c in enumerate(centres):
-        d = torch.randn(20, 2, generator=g)
-        d = d - d.mean(0)
-        d = (
-            d
-            / d.norm(dim=1, keepdim=True).clamp(min=1e-9)
-            * torch.rand(20, 1, generator=g)
-            * dv
-            * 0.99
-        )
-        d = d - d.mean(0)  # keep the mean exactly at the centre
-        scale = (dv * 0.999) / d.norm(dim=1).max()
-        pts.append(c + d * torch.clamp(scale, max=1.0))
-        lab += [k + 1] * 20
-    x = torch.cat(pts)  # (60, 2)
-    emb = x.T.reshape(1, 2, 1, 60)
-    labels = torch.tensor(lab).reshape(1, 1, 60)
-    _, t = discriminative_loss(emb, labels, delta_v=dv, delta_d=dd)
-    assert t["var"].item() == 0.0 and t["dist"].item() < 1e-10
-    same = labels.reshape(-1, 1) == labels.reshape(1, -1)
-    dist = torch.cdist(x, x)
-    assert dist[same].max() < dist[~same].min()  # eq. 9, needs dd > 2 dv
-    mus = torch.stack([x[labels.reshape(-1) == k].mean(0) for k in (1, 2, 3)])
-    nearest = torch.cdist(x, mus).argmin(1) + 1
-    assert (nearest == labels.reshape(-1)).all()
+def test_three_instances_hand_derived_total_with_weights_ignore_and_push():
+    # 2-D embeddings of 8 pixels (one row), derived by hand from the paper's definitions:
+    #   instance 1: (0, 0), (2, 0)          -> mu_1 = (1, 0), ||mu_1 - x|| = 1, 1
+    #   instance 2: (0, 3), (0, 3), (0, 6)  -> mu_2 = (0, 4), ||mu_2 - x|| = 1, 1, 2
+    #   instance 3: (3, 4)                  -> mu_3 = (3, 4), distance 0
+    #   background (label 0) at (1, 1); an ignored pixel of instance 1 at (100, 100)
+    # delta_v = 0.5, delta_d = 2 (2 delta_d = 4), alpha = 2, beta = 0.5, gamma = 0.1.
+    # L_var: var_1 = ((1-.5)^2 + (1-.5)^2) / 2 = 1/4; var_2 = (1/4 + 1/4 + (2-.5)^2) / 3 = 11/12;
+    #   var_3 = 0 -> L_var = (1/4 + 11/12 + 0) / 3 = 7/18.
+    # L_dist: ||mu_1-mu_2|| = sqrt(17) > 4 and ||mu_1-mu_3|| = sqrt(20) > 4 give 0;
+    #   ||mu_2-mu_3|| = 3 gives (4-3)^2 = 1 for each of its 2 ordered pairs; / C(C-1) = 6 -> 1/3.
+    # L_reg: (||mu_1|| + ||mu_2|| + ||mu_3||) / 3 = (1 + 4 + 5) / 3 = 10/3.
+    # Total = 2 * 7/18 + 0.5 * 1/3 + 0.1 * 10/3 = 14/18 + 3/18 + 6/18 = 23/18.
+    pts = [(0, 0), (2, 0), (0, 3), (0, 3), (0, 6), (3, 4), (1, 1), (100, 100)]
+    emb = torch.tensor(pts, dtype=torch.float64).T.reshape(1, 2, 1, 8)
+    labels = torch.tensor([[[1, 1, 2, 2, 2, 3, 0, 1]]])
+    ignore = torch.zeros(1, 1, 8, dtype=torch.bool)
+    ignore[0, 0, 7] = True
+    kw = dict(delta_v=0.5, delta_d=2.0, alpha=2.0, beta=0.5, gamma=0.1, ignore=ignore)
+    total, t = discriminative_loss(emb, labels, **kw)
+    assert t["var"].item() == pytest.approx(7 / 18, rel=1e-12)
+    assert t["dist"].item() == pytest.approx(1 / 3, rel=1e-12)
+    assert t["reg"].item() == pytest.approx(10 / 3, rel=1e-12)
+    assert total.item() == pytest.approx(23 / 18, rel=1e-12)
+    # background "push": the background pixel (1, 1) is 1, sqrt(10), sqrt(13) from the means;
+    # L_bg = ((4-1)^2 + (4-sqrt(10))^2 + (4-sqrt(13))^2) / 3, added with weight beta.
+    bg = (9 + (4 - math.sqrt(10)) ** 2 + (4 - math.sqrt(13)) ** 2) / 3
+    total_p, tp = discriminative_loss(emb, labels, background="push", **kw)
+    assert tp["bg"].item() == pytest.approx(bg, rel=1e-12)
+    assert total_p.item() == pytest.approx(23 / 18 + 0.5 * bg, rel=1e-12)
+
+
+def test_hinges_vanish_inside_the_margins_leaving_gamma_reg():
+    # Three pairs of pixels at c +- (0.4, 0) around c = (0, 0), (3, 0), (0, 4): every pixel is
+    # 0.4 < delta_v = 0.5 from its mean, and the means are 3, 4, 5 >= 2 delta_d = 2.2 apart, so
+    # L_var = L_dist = 0 and the loss is gamma * L_reg = 0.001 * (0 + 3 + 4) / 3 exactly.
+    centres = [(0.0, 0.0), (3.0, 0.0), (0.0, 4.0)]
+    pts = [(cy + s, cx) for cy, cx in centres for s in (-0.4, 0.4)]
+    emb = torch.tensor(pts, dtype=torch.float64).T.reshape(1, 2, 1, 6)
+    labels = torch.tensor([[[1, 1, 2, 2, 3, 3]]])
+    total, t = discriminative_loss(emb, labels, delta_v=0.5, delta_d=1.1)
+    assert t["var"].item() == 0.0 and t["dist"].item() == 0.0
+    assert t["reg"].item() == pytest.approx(7 / 3, rel=1e-12)
+    assert total.item() == pytest.approx(0.001 * 7 / 3, rel=1e-12)
+    # pulling instance 1's pixels out to distance 0.9 costs (0.9 - 0.5)^2 = 0.16 each:
+    # var_1 = 0.16, L_var = 0.16 / 3; the means (hence dist, reg) do not move
+    emb[0, 0, 0, 0], emb[0, 0, 0, 1] = -0.9, 0.9
+    total, t = discriminative_loss(emb, labels, delta_v=0.5, delta_d=1.1)
+    assert t["var"].item() == pytest.approx(0.16 / 3, rel=1e-12)
+    assert t["dist"].item() == 0.0
+    assert total.item() == pytest.approx(0.16 / 3 + 0.001 * 7 / 3, rel=1e-12)
 
 
 def test_module_reads_outputs_and_batch():

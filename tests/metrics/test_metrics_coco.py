@@ -12,12 +12,13 @@ import io
 import numpy as np
 import pytest
 
+from conftest import require
 from instembed.metrics import InstanceEvaluator
 from instembed.metrics.coco import _match_fast, _match_loop, match_image
 
-mask_util = pytest.importorskip("pycocotools.mask")
-coco_mod = pytest.importorskip("pycocotools.coco")
-cocoeval_mod = pytest.importorskip("pycocotools.cocoeval")
+mask_util = require("pycocotools.mask")
+coco_mod = require("pycocotools.coco")
+cocoeval_mod = require("pycocotools.cocoeval")
 
 H, W = 96, 128
 

@@ -9,6 +9,7 @@ import pickle
 import numpy as np
 import pytest
 
+from conftest import require
 from instembed.metrics import (
     InstanceEvaluator,
     adjusted_rand_index,
@@ -338,7 +339,7 @@ def test_bad_inputs_name_the_problem():
 
 
 def test_adjusted_rand_index_against_sklearn():
-    metrics = pytest.importorskip("sklearn.metrics")
+    metrics = require("sklearn.metrics")
     rng = np.random.default_rng(7)
     for _ in range(20):
         a = rng.integers(0, rng.integers(1, 6), (20, 30))
