@@ -54,7 +54,7 @@ class CompositeLoss(nn.Module):
             t, sub = loss(outputs, batch)
             total = w * t if total is None else total + w * t
             terms[name] = t.detach()
-            terms.update({f"{name}/{k}": v for k, v in sub.items() if k != name})
+            terms.update({f"{name}/{k}": v.detach() for k, v in sub.items() if k != name})
         return total, terms
 
 
