@@ -15,6 +15,9 @@ Conventions (all numbers finite, see docs/metrics.md):
   prediction mostly on crowd or void is not a false positive); SBD, BestDice and DiC count
   non-crowd objects;
 * without classes every instance is of class 1 ("object"), and PQ is class-agnostic;
+* precision / recall / F1 (``"prf"``) follow StarDist's matching, with the same class, crowd
+  and void rules as AP_dsb; AJI counts non-crowd ground truths; adapted Rand error and VI
+  leave crowd regions out like void and are only computed where both sides are partitions;
 * COCO numbers that pycocotools reports as -1 (no non-ignored ground truth in that area range)
   become 1.0 when no prediction lies in the range either and 0.0 otherwise; their names are
   listed under ``coco_undefined``.
@@ -29,7 +32,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from instembed.metrics import coco as coco_mod
+from instembed.metrics.aji import aji_counts, aji_from_counts
 from instembed.metrics.cvppp import cvppp_scores
+from instembed.metrics.detection import matching_counts, pair_scores, stats_from_counts
 from instembed.metrics.matching import DSB_THRESHOLDS, ap_from_counts, dsb_counts
 from instembed.metrics.overlap import (
     OverlapTable,
@@ -39,11 +44,20 @@ from instembed.metrics.overlap import (
     spatial_shape,
 )
 from instembed.metrics.panoptic import add_counts, pq_counts, pq_from_counts, stuff_iou_counts
+from instembed.metrics.rand import partition_cells, rand_vi_from_cells
 from instembed.metrics.semantic import confusion_matrix, miou_from_confusion
 
 log = logging.getLogger(__name__)
 
-METRIC_GROUPS = ("sbd", "coco", "dsb", "pq", "miou")
+METRIC_GROUPS = ("sbd", "coco", "dsb", "pq", "miou", "prf", "aji", "rand")
+_RAND_KEYS = ("ARE", "ARE_precision", "ARE_recall", "VI", "VI_split", "VI_merge")
+_PRF_KEYS = {
+    "precision": "precision",
+    "recall": "recall",
+    "F1": "f1",
+    "mean_matched_score": "mean_matched_score",
+    "mean_true_score": "mean_true_score",
+}
 AGNOSTIC_CLASS = 1
 _COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR")
 _COCO_AREA = {"AP": "all", "AP50": "all", "AP75": "all", "AR": "all", "APs": "small"}
@@ -64,6 +78,9 @@ class ImageStats:
     stuff_iou: dict[int, np.ndarray] = field(default_factory=dict)  # class -> [inter, union]
     confusion: tuple[np.ndarray, np.ndarray] | None = None  # non-zero cells of the (K, K+1)
     # confusion matrix: (flat index, count)
+    prf: np.ndarray | None = None  # (T, 4) TP, FP, FN, summed IoU of the matches (StarDist)
+    aji: tuple[int, int] | None = None  # AJI's C and U
+    rand: dict[str, float] | None = None  # adapted Rand error and VI (None: not a partition)
 
 
 def _void_mask(shape, ignore, gt_semantic, ignore_index) -> np.ndarray | None:
@@ -85,24 +102,29 @@ class InstanceEvaluator:
     Args:
         metrics: groups to compute, any of ``"sbd"`` (SBD, BestDice both ways, FBD, DiC,
             |DiC|), ``"coco"`` (AP, AP50, AP75, APs, APm, APl, AR), ``"dsb"`` (AP_dsb),
-            ``"pq"`` (PQ, SQ, RQ, PQ†) and ``"miou"`` (needs semantic maps and ``num_classes``).
+            ``"pq"`` (PQ, SQ, RQ, PQ†), ``"miou"`` (needs semantic maps and ``num_classes``),
+            ``"prf"`` (precision, recall, F1, mean matched / true IoU at ``prf_thresholds``,
+            StarDist's matching), ``"aji"`` (aggregated Jaccard index) and ``"rand"``
+            (adapted Rand error and variation of information, scikit-image's definitions).
         max_dets: COCO predictions kept per image and category (pycocotools' maxDets, 100).
         dsb_thresholds: IoU thresholds of AP_dsb (default 0.5, 0.55, ..., 0.95).
         stuff_classes: semantic classes scored as stuff in PQ (one segment per class, taken
             from ``gt_semantic`` / ``pred_semantic``).
         num_classes: number of semantic classes, for mIoU.
         ignore_index: void value of semantic maps.
+        prf_thresholds: IoU thresholds of the ``"prf"`` group (default 0.5).
     """
 
     def __init__(
         self,
-        metrics: Iterable[str] = ("sbd", "coco", "dsb", "pq", "miou"),
+        metrics: Iterable[str] = METRIC_GROUPS,
         *,
         max_dets: int = 100,
         dsb_thresholds: Sequence[float] = tuple(DSB_THRESHOLDS),
         stuff_classes: Iterable[int] = (),
         num_classes: int | None = None,
         ignore_index: int = 255,
+        prf_thresholds: Sequence[float] = (0.5,),
     ) -> None:
         metrics = tuple(metrics)
         unknown = [m for m in metrics if m not in METRIC_GROUPS]
@@ -116,6 +138,7 @@ class InstanceEvaluator:
         self.stuff_classes = tuple(int(c) for c in stuff_classes)
         self.num_classes = num_classes
         self.ignore_index = int(ignore_index)
+        self.prf_thresholds = tuple(float(t) for t in prf_thresholds)
         self.images: list[ImageStats] = []
 
     # -- accumulation ------------------------------------------------------------------------
@@ -205,6 +228,15 @@ class InstanceEvaluator:
             stats.pq = pq_counts(table, g_cls, p_cls, g_crowd)
             if self.stuff_classes and gt_semantic is not None and pred_semantic is not None:
                 self._stuff(stats, np.asarray(gt_semantic), np.asarray(pred_semantic), void)
+        if "prf" in self.metrics:
+            scores = pair_scores(table.inter, table.gt_area, table.pred_area)
+            scores *= g_cls[:, None] == p_cls[None, :]
+            excused = self._excused(table, g_cls, p_cls, g_crowd)
+            stats.prf = matching_counts(scores[real], self.prf_thresholds, excused)
+        if "aji" in self.metrics:
+            stats.aji = aji_counts(table.inter[real], table.gt_area[real], table.pred_area)
+        if "rand" in self.metrics:
+            stats.rand = self._rand(table, real)
         if "miou" in self.metrics and gt_semantic is not None and pred_semantic is not None:
             if self.num_classes is None:
                 raise ValueError("mIoU needs num_classes (InstanceEvaluator(num_classes=K))")
@@ -231,9 +263,22 @@ class InstanceEvaluator:
             )
         return out
 
-    def _dsb(self, table: OverlapTable, g_cls, p_cls, g_crowd) -> np.ndarray:
-        iou = table.iou() * (g_cls[:, None] == p_cls[None, :])
-        real = ~g_crowd
+    @staticmethod
+    def _rand(table: OverlapTable, real: np.ndarray) -> dict[str, float] | None:
+        """Adapted Rand error and VI of the partitions; None when a side has overlapping
+        instances (not a partition). Crowd regions are left out like void."""
+        if int(table.gt_area.sum()) != table.gt_fg or int(table.pred_area.sum()) != table.pred_fg:
+            return None
+        pred_on_bg = table.pred_area - table.inter.sum(0)
+        bg_bg = table.n_pixels - table.gt_fg - table.pred_fg + table.fg_inter
+        args = (table.inter[real], table.gt_area[real], table.pred_area, pred_on_bg, bg_bg)
+        are = rand_vi_from_cells(*partition_cells(*args, gt_background=False))
+        vi = rand_vi_from_cells(*partition_cells(*args, gt_background=True))
+        return {**{k: are[k] for k in _RAND_KEYS[:3]}, **{k: vi[k] for k in _RAND_KEYS[3:]}}
+
+    @staticmethod
+    def _excused(table: OverlapTable, g_cls, p_cls, g_crowd) -> np.ndarray:
+        """Predictions with more than half of their pixels on void or same-class crowd."""
         full_area = table.pred_area + table.pred_void
         on_void = table.pred_void.astype(np.float64)
         if g_crowd.any():
@@ -241,7 +286,12 @@ class InstanceEvaluator:
             on_void = on_void + (table.inter[g_crowd] * same).sum(0)
         excused = np.zeros(table.n_pred, bool)
         np.greater(on_void, 0.5 * full_area, out=excused, where=full_area > 0)
-        return dsb_counts(iou[real], self.dsb_thresholds, excused)
+        return excused
+
+    def _dsb(self, table: OverlapTable, g_cls, p_cls, g_crowd) -> np.ndarray:
+        iou = table.iou() * (g_cls[:, None] == p_cls[None, :])
+        excused = self._excused(table, g_cls, p_cls, g_crowd)
+        return dsb_counts(iou[~g_crowd], self.dsb_thresholds, excused)
 
     def _stuff(self, stats: ImageStats, gt_sem, pred_sem, void) -> None:
         stuff = np.asarray(self.stuff_classes)
@@ -264,6 +314,7 @@ class InstanceEvaluator:
             "stuff_classes": self.stuff_classes,
             "num_classes": self.num_classes,
             "ignore_index": self.ignore_index,
+            "prf_thresholds": self.prf_thresholds,
         }
 
     def merge(self, other: InstanceEvaluator) -> InstanceEvaluator:
@@ -296,7 +347,11 @@ class InstanceEvaluator:
         as pycocotools); ``AP_dsb@0.5, AP_dsb@0.5:0.95`` (mean over images of the per-image
         AP_dsb) and ``AP_dsb_pooled@0.5, AP_dsb_pooled@0.5:0.95`` (TP, FP, FN summed over the
         data set first); ``PQ, SQ, RQ`` (+ ``_things`` / ``_stuff`` and ``PQ_dagger`` when stuff
-        classes are scored); ``mIoU``; ``per_class``; ``per_image`` (list of dicts).
+        classes are scored); ``mIoU``; ``precision@t, recall@t, F1@t, mean_matched_score@t,
+        mean_true_score@t`` for each ``prf_thresholds`` t (StarDist's matching, pooled as
+        ``matching_dataset(by_image=False)``); ``AJI`` (mean over images) and ``AJI_pooled``
+        (ΣC / ΣU); ``ARE, ARE_precision, ARE_recall, VI, VI_split, VI_merge`` (means over the
+        images whose instances are partitions); ``per_class``; ``per_image`` (list of dicts).
         """
         if not self.images:
             raise ValueError("no image was added to the evaluator")
@@ -378,6 +433,24 @@ class InstanceEvaluator:
                 res = miou_from_confusion(cm.reshape(k, k + 1))
                 out["mIoU"] = res["mIoU"]
                 per_class["IoU"] = res["per_class"]
+        if "prf" in self.metrics:
+            counts = np.stack([i.prf for i in images]).sum(0)  # (T, 4), pooled
+            n_true = sum(i.n_gt for i in images)
+            n_pred = sum(i.n_pred for i in images)
+            for t, c in zip(self.prf_thresholds, counts):
+                st = stats_from_counts(*c, n_true, n_pred)
+                for key, name in _PRF_KEYS.items():
+                    out[f"{key}@{t:g}"] = float(st[name])
+        if "aji" in self.metrics:
+            cu = np.array([i.aji for i in images], np.float64)  # (I, 2)
+            out["AJI"] = float(np.mean([aji_from_counts(c, u) for c, u in cu]))
+            if not image_level:
+                out["AJI_pooled"] = aji_from_counts(*cu.sum(0))
+        if "rand" in self.metrics:
+            rows = [i.rand for i in images if i.rand is not None]
+            if rows:
+                for key in _RAND_KEYS:
+                    out[key] = float(np.mean([r[key] for r in rows]))
         if per_class:
             out["per_class"] = per_class
         return out
@@ -390,7 +463,7 @@ def evaluate_image(gt: np.ndarray, pred: np.ndarray, **kwargs) -> dict:
     :meth:`InstanceEvaluator.add` (``scores``, ``pred_classes``, ``ignore``, ...).
     """
     init_keys = {"metrics", "max_dets", "dsb_thresholds", "stuff_classes", "num_classes"}
-    init_keys.add("ignore_index")
+    init_keys |= {"ignore_index", "prf_thresholds"}
     init = {k: kwargs.pop(k) for k in list(kwargs) if k in init_keys}
     ev = InstanceEvaluator(**init)
     ev.add(gt, pred, **kwargs)
