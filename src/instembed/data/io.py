@@ -1,4 +1,5 @@
-"""Reading and writing images and label files (PNG, TIFF, JPEG), label decoding, normalisation.
+"""Reading and writing images and label files (PNG, TIFF, JPEG), label decoding (normalisation:
+:mod:`instembed.data.normalize`, re-exported here).
 
 * :func:`read_image` returns the pixels as stored: ``(H, W)`` or ``(H, W, C)`` (TIFF may also be
   ``(C, H, W)``), native dtype (8/16/32-bit integer or float). Palette PNGs are expanded to RGB.
@@ -24,7 +25,20 @@ from pathlib import Path
 
 import numpy as np
 
+from instembed.data.errors import ImageReadError
+from instembed.data.normalize import (  # noqa: F401  (re-exported: the io API)
+    NORMALIZATIONS,
+    dark_background,
+    normalize_image,
+    percentile_normalize,
+    range_normalize,
+    to_chw,
+)
+
 log = logging.getLogger(__name__)
+
+#: paths whose channel averaging was already logged (the notice comes once per image)
+_AVERAGED: set[str] = set()
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -40,8 +54,21 @@ LABEL_ENCODINGS = {
 }
 
 
-class ImageReadError(ValueError):
-    """A file could not be read or decoded (missing, unreadable, truncated, wrong content)."""
+def is_hidden(path: str | os.PathLike) -> bool:
+    """Whether a file or folder name starts with ``.``: macOS ``._*`` AppleDouble files,
+    ``.DS_Store``, ``.ipynb_checkpoints``, ... Every folder listing of the data stage skips them."""
+    return Path(path).name.startswith(".")
+
+
+def list_dir(folder: str | os.PathLike) -> list[Path]:
+    """The entries of ``folder`` without hidden ones (:func:`is_hidden`), sorted."""
+    return sorted(p for p in Path(folder).iterdir() if not is_hidden(p))
+
+
+def image_files(folder: str | os.PathLike) -> list[Path]:
+    """Image files (by suffix, :data:`IMAGE_SUFFIXES`) directly in ``folder``, sorted; hidden
+    files (``._img.png``, ``.DS_Store``) are skipped."""
+    return [p for p in list_dir(folder) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,135 +223,48 @@ def probe(path: str | os.PathLike) -> ImageInfo:
     return ImageInfo((int(h), int(w)), chans, dtype)
 
 
-# ---------------------------------------------------------------------------------------------
-# images -> (C, H, W) float32
-# ---------------------------------------------------------------------------------------------
-
-
-def to_chw(arr: np.ndarray, *, drop_alpha: bool = True, path: str | None = None) -> np.ndarray:
-    """Raw pixels -> ``(C, H, W)``. ``(H, W, C)`` with C <= 4 is moved to channels-first; a
-    4th (alpha) channel is dropped when ``drop_alpha``. Keeps the dtype."""
-    where = f"{path}: " if path else ""
-    if arr.ndim == 2:
-        out = arr[None]
-    elif arr.ndim == 3:
-        if arr.shape[-1] <= 4 and arr.shape[0] > 4:
-            out = np.moveaxis(arr, -1, 0)
-        elif arr.shape[0] <= 4:
-            out = arr
-        else:
-            raise ImageReadError(
-                f"{where}cannot tell the channel axis of an image of shape {arr.shape} "
-                "(expected (H, W), (H, W, C) or (C, H, W) with C <= 4)"
-            )
-        if drop_alpha and out.shape[0] == 4:
-            out = out[:3]
-    else:
-        raise ImageReadError(f"{where}expected a 2-D image, got an array of shape {arr.shape}")
-    return out
-
-
-def percentile_normalize(
-    image: np.ndarray,
-    low: float = 1.0,
-    high: float = 99.8,
-    *,
-    per_channel: bool = True,
-    eps: float = 1e-6,
-) -> np.ndarray:
-    """Map the ``low``/``high`` percentiles of ``image`` (C, H, W) to 0/1 (float32, not clipped).
-
-    The usual normalisation for 12/16-bit microscopy (as in CSBDeep/StarDist, whose defaults
-    1 / 99.8 are kept). A constant image maps to 0.
-    """
-    image = np.asarray(image)
-    x = image.astype(np.float32)
-    if image.dtype in (np.uint8, np.uint16) and image.size:
-        # exact numpy 'linear' percentiles from a histogram: O(pixels), no sort
-        chans = (
-            image.reshape(image.shape[0], -1)
-            if per_channel and image.ndim == 3
-            else [image.ravel()]
-        )
-        lo = np.empty((len(chans), 1, 1), np.float64)
-        hi = np.empty_like(lo)
-        for c, v in enumerate(chans):
-            lo[c], hi[c] = _hist_percentiles(v, (low, high))
-        if not (per_channel and image.ndim == 3):
-            lo, hi = lo[0], hi[0]
-    else:
-        axes = tuple(range(1, x.ndim)) if per_channel and x.ndim == 3 else None
-        lo, hi = np.percentile(x, [low, high], axis=axes, keepdims=True)
-    return ((x - lo) / np.maximum(hi - lo, eps)).astype(np.float32)
-
-
-def _hist_percentiles(values: np.ndarray, qs) -> list[float]:
-    """numpy.percentile(values, q) (method 'linear') for small non-negative integers."""
-    cum = np.cumsum(np.bincount(values))
-    n = int(cum[-1])
-    out = []
-    for q in qs:
-        pos = q / 100.0 * (n - 1)
-        k = int(np.floor(pos))
-        a = int(np.searchsorted(cum, k, side="right"))  # value at sorted index k
-        b = int(np.searchsorted(cum, min(k + 1, n - 1), side="right"))
-        out.append(a + (pos - k) * (b - a))
-    return out
-
-
-def range_normalize(image: np.ndarray) -> np.ndarray:
-    """Integer images divided by their dtype's maximum (uint8 / 255, ...); floats unchanged."""
-    if np.issubdtype(image.dtype, np.integer):
-        return (image.astype(np.float32) / np.iinfo(image.dtype).max).astype(np.float32)
-    if image.dtype == bool:
-        return image.astype(np.float32)
-    return image.astype(np.float32)
-
-
-NORMALIZATIONS = ("percentile", "percentile_darkbg", "range", "none")
-
-
-def dark_background(image: np.ndarray, level: float = 0.5) -> np.ndarray:
-    """Invert a ``[0, 1]``-normalised ``(C, H, W)`` image (``1 - x``) when its background is
-    bright, i.e. when the median of the channel mean is above ``level``; otherwise unchanged.
-
-    Bright-field and H&E nuclei are dark on a bright background, fluorescent nuclei bright on
-    a dark one; after this every image shows bright objects on a dark background (the usual
-    pre-processing of the DSB2018 solutions, Caicedo et al. 2019)."""
-    gray = image.mean(0) if image.ndim == 3 else image
-    if gray.size and float(np.median(gray)) > level:
-        return (1.0 - image).astype(np.float32)
-    return image
-
-
-def normalize_image(image: np.ndarray, mode: str = "percentile") -> np.ndarray:
-    """Normalise a ``(C, H, W)`` image: ``"percentile"`` (1 / 99.8 -> 0 / 1),
-    ``"percentile_darkbg"`` (the same, then inverted when the background is bright, see
-    :func:`dark_background`), ``"range"`` (divide by the dtype maximum) or ``"none"`` (cast to
-    float32)."""
-    if mode == "percentile":
-        return percentile_normalize(image)
-    if mode == "percentile_darkbg":
-        return dark_background(percentile_normalize(image))
-    if mode == "range":
-        return range_normalize(image)
-    if mode == "none":
-        return np.asarray(image, np.float32)
-    raise ValueError(f"unknown normalisation {mode!r}; expected one of {NORMALIZATIONS}")
-
-
 def load_image(
-    path: str | os.PathLike, normalize: str = "percentile", channels: int | None = None
+    path: str | os.PathLike,
+    normalize: str = "percentile",
+    channels: int | None = None,
+    channel: int | None = None,
 ) -> tuple[np.ndarray, str]:
     """Read ``path`` as a ``(C, H, W)`` float32 image; returns ``(image, raw dtype name)``.
 
-    ``channels=1`` averages colour channels to gray; ``channels=3`` repeats a gray channel.
+    ``channels`` is the channel count the caller needs (the model's): ``channels=1`` averages
+    colour channels to gray -- a warning is logged once per image saying so and how to pick one
+    channel instead --, ``channels=3`` repeats a gray channel.
+
+    ``channel=c`` (0-based, after a 4th alpha channel is dropped) takes channel ``c`` of a
+    multi-channel image instead of averaging: the result is that channel alone (repeated when
+    ``channels`` > 1); it is normalised exactly as the averaged image would be, per channel.
+    A ``channel`` the image does not have raises :class:`ImageReadError` naming the file;
+    ``channel=0`` of a gray image is the image itself.
     """
     raw = read_image(path)
     chw = to_chw(raw, path=str(path))
+    if channel is not None:
+        if isinstance(channel, bool) or not isinstance(channel, (int, np.integer)):
+            raise TypeError(f"channel must be an int or None, got {channel!r}")
+        if not 0 <= channel < chw.shape[0]:
+            raise ImageReadError(
+                f"{path}: channel {channel} asked for, but the image has {chw.shape[0]} "
+                f"channel(s) (0..{chw.shape[0] - 1})"
+            )
+        chw = chw[channel : channel + 1]
     img = normalize_image(chw, normalize)
     if channels is not None and img.shape[0] != channels:
         if channels == 1:
+            if str(path) not in _AVERAGED:
+                _AVERAGED.add(str(path))
+                log.warning(
+                    "%s: the %d image channels were averaged to 1 gray channel for a 1-channel "
+                    "model; to use one channel instead pass channel=C (predict: --channel C, "
+                    "C in 0..%d)",
+                    path,
+                    img.shape[0],
+                    img.shape[0] - 1,
+                )
             img = img.mean(0, keepdims=True)
         elif img.shape[0] == 1:
             img = np.repeat(img, channels, 0)
@@ -363,10 +303,14 @@ def _check_integer(arr: np.ndarray, path) -> np.ndarray:
     if arr.dtype == bool:
         return arr.astype(np.uint8)
     if np.issubdtype(arr.dtype, np.floating):
-        if not np.isfinite(arr).all() or (arr != np.round(arr)).any():
+        # float label images are common (Fiji saves labels as 32-bit float): accepted when every
+        # value is a whole number, refused (naming the file and a bad value) otherwise
+        bad = ~np.isfinite(arr) | (arr != np.round(arr))
+        if bad.any():
             raise ImageReadError(
-                f"{path}: label image must hold integer ids, got non-integer values "
-                f"(dtype {arr.dtype})"
+                f"{path}: float label image (dtype {arr.dtype}) holds non-integer values "
+                f"(e.g. {arr[bad].flat[0]!r}, {int(bad.sum())} pixel(s)); instance labels must "
+                "be whole numbers >= 0 -- is this an image rather than a label file?"
             )
         if arr.size and arr.max() > np.iinfo(np.int32).max:
             raise ImageReadError(f"{path}: label ids up to {arr.max()} exceed int32")
@@ -376,6 +320,15 @@ def _check_integer(arr: np.ndarray, path) -> np.ndarray:
     if arr.size and arr.min() < 0:
         raise ImageReadError(f"{path}: label image has negative ids (min {arr.min()})")
     return arr
+
+
+def check_float_labels(path: str | os.PathLike) -> None:
+    """Header-time check of a label file stored as float (Fiji writes float32 label TIFFs):
+    reads it and raises :class:`ImageReadError` naming the file unless every value is a whole
+    number >= 0 (such a file is then read as an integer label image by :func:`read_labels`)."""
+    raw = read_image(path)
+    if np.issubdtype(raw.dtype, np.floating):
+        _check_integer(raw, path)
 
 
 def _check_not_saturated(arr: np.ndarray, path) -> None:
@@ -451,14 +404,16 @@ def decode_labels(raw: np.ndarray, encoding: str = "auto", path=None) -> tuple[n
 def read_labels(path: str | os.PathLike, encoding: str = "auto", *, return_encoding: bool = False):
     """Read an instance label file: ``(H, W)`` int32 label image or ``(N, H, W)`` bool stack.
 
-    ``path`` may also be a **folder of binary masks** (one file per instance, sorted by name),
-    which gives a stack. Palette PNGs give their palette indices (CVPPP), RGB(A) files are
+    ``path`` may also be a **folder of binary masks** (one file per instance, sorted by name,
+    hidden ``.*`` files skipped), which gives a stack. A float label image (Fiji saves labels as
+    float32 TIFF) is read as integer ids when all its values are whole numbers >= 0, and refused
+    with an :class:`ImageReadError` naming the file otherwise. Palette PNGs give their palette indices (CVPPP), RGB(A) files are
     decoded by colour (see :func:`decode_labels`), a mask-stack TIFF gives its stack. With
     ``return_encoding`` the result is ``(labels, encoding)``.
     """
     path = Path(path)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = image_files(path)
         masks = [decode_labels(read_image(f), "binary", f)[0] > 0 for f in files]
         if not masks:
             raise ImageReadError(f"{path}: mask folder holds no image files")

@@ -13,6 +13,10 @@ Label conventions (checked by :meth:`Sample.validate`):
   the label ids ``1..N`` (label image) or of the stack.
 * ``ignore`` (optional) is ``(H, W)`` bool, ``True`` = pixel excluded from training and scoring.
 * ``image`` is ``(C, H, W)`` float32 (already normalised by the reader unless stated otherwise).
+* ``meta["crowd"]`` (optional, COCO readers) is ``(M, H, W)`` bool: crowd regions (``iscrowd``),
+  with ``meta["crowd_classes"]`` ``(M,)`` int. Their pixels are also in ``ignore`` (not
+  trained on); scoring takes them out of ``ignore`` and scores them as crowd ground truths.
+  It describes the sample as read: spatial transforms do not update it.
 """
 
 from __future__ import annotations

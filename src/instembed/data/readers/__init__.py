@@ -7,14 +7,18 @@ reader is a read-only sequence: ``len(reader)``, ``reader[i] -> Sample`` (decode
 
 Checks on open (``validate="header"``, the default, reads only file headers; ``"full"`` decodes
 every file; ``"none"`` skips them): an image without labels or labels without an image, a
-missing, unreadable, empty or truncated file, image/label size mismatch, a label file with a
-float or non-integer dtype; with ``"full"`` also negative ids, non-integer values and a label
-image whose ids fill its dtype (overflowed). Problems raise one ``ValueError`` listing each file
-and what was wrong, or, with ``skip_bad=True``, drop those items with a logged warning.
+missing, unreadable, empty or truncated file, image/label size mismatch, a float label file
+with non-integer values (a float label file -- Fiji saves labels as float32 -- is read on open
+and accepted when all its values are whole numbers >= 0); with ``"full"`` also negative ids,
+non-integer values and a label image whose ids fill its dtype (overflowed). Problems raise one
+``ValueError`` listing each file and what was wrong, or, with ``skip_bad=True``, drop those
+items with a logged warning.
 
 Layouts, one module each (see its docstring): ``folder``, ``bbbc039``, ``bbbc010``,
-``dsb2018``, ``cvppp``, ``coco`` (``coco`` and ``coco_panoptic``), ``cityscapes``. Shared
-machinery is in :mod:`instembed.data.readers.base`; COCO RLE in :mod:`instembed.data.rle`.
+``dsb2018``, ``cvppp``, ``coco`` (``coco`` and ``coco_panoptic``), ``cityscapes``,
+``stardist``. Hidden files and folders (names starting with ``.``: macOS ``._*`` AppleDouble
+files, ``.DS_Store``) are ignored by every reader. Shared machinery is in
+:mod:`instembed.data.readers.base`; COCO RLE in :mod:`instembed.data.rle`.
 """
 
 from __future__ import annotations
@@ -23,7 +27,14 @@ import logging
 import os
 from pathlib import Path
 
-from instembed.data.readers.base import IMAGE_DIRS, LABEL_DIRS, VALIDATE_MODES, Item, Reader
+from instembed.data.readers.base import (
+    IMAGE_DIRS,
+    LABEL_DIRS,
+    VALIDATE_MODES,
+    Item,
+    Reader,
+    _subdirs,
+)
 from instembed.data.readers.bbbc010 import BBBC010Reader
 from instembed.data.readers.bbbc039 import BBBC039Reader
 from instembed.data.readers.cityscapes import (
@@ -42,6 +53,7 @@ from instembed.data.readers.coco import (
 from instembed.data.readers.cvppp import CVPPPReader
 from instembed.data.readers.dsb2018 import DSB2018Reader
 from instembed.data.readers.folder import LABEL_SUFFIXES, FolderReader
+from instembed.data.readers.stardist import StarDistReader
 from instembed.data.rle import rle_decode
 
 __all__ = [
@@ -63,6 +75,7 @@ __all__ = [
     "CityscapesReader",
     "DSB2018Reader",
     "FolderReader",
+    "StarDistReader",
     "Item",
     "Reader",
     "annotation_to_mask",
@@ -84,6 +97,7 @@ FORMATS: dict[str, type[Reader]] = {
     "coco": COCOReader,
     "coco_panoptic": COCOPanopticReader,
     "cityscapes": CityscapesReader,
+    "stardist": StarDistReader,
 }
 
 #: the order in which :func:`detect_format` asks the readers: the most specific layouts first,
@@ -96,6 +110,7 @@ DETECTION_ORDER: tuple[str, ...] = (
     "coco_panoptic",
     "coco",
     "cvppp",
+    "stardist",
     "folder",
 )
 
@@ -112,7 +127,7 @@ def detect_format(path: str | os.PathLike) -> tuple[str, str]:
         why = FORMATS[name].detect(p)
         if why is not None:
             return name, why
-    subdirs = sorted(d.name for d in p.iterdir() if d.is_dir()) if p.is_dir() else []
+    subdirs = [d.name for d in _subdirs(p)] if p.is_dir() else []
     raise ValueError(
         f"{p}: cannot tell the data set layout (found folders {subdirs[:10]}); "
         "expected one of: "

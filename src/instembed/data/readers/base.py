@@ -105,9 +105,12 @@ class Reader(Sequence):
                     f"size {shape}"
                 )
             if info.dtype.startswith("float") and self._labels_must_be_integer():
-                raise ValueError(f"{lab}: label file has dtype {info.dtype}, expected integers")
+                # Fiji saves label images as float32: read the values (this file only) and
+                # accept whole numbers >= 0; anything else is refused naming the file
+                io.check_float_labels(lab)
 
     def _labels_must_be_integer(self) -> bool:
+        """Whether float label files must hold whole numbers (checked on open)."""
         return True
 
     # --- plumbing -----------------------------------------------------------------------------
@@ -167,6 +170,37 @@ class Reader(Sequence):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.root)!r}, {len(self)} images)"
 
+    # --- names of predictions -----------------------------------------------------------------
+    def _relative(self, path: Path) -> str:
+        """``path`` below the data set folder (the json's folder for a COCO json), POSIX,
+        without its suffix; the absolute path when it lies elsewhere."""
+        base = self.root if self.root.is_dir() else self.root.parent
+        stripped = Path(os.path.abspath(Path(path).with_suffix("")))
+        try:
+            return stripped.relative_to(os.path.abspath(base)).as_posix()
+        except ValueError:
+            return stripped.as_posix()
+
+    def item_keys(self, item: Item) -> list[str]:
+        """The names a prediction of ``item`` may carry: the item name (``A04``,
+        ``A1/plant001``, a DSB image id) and its image file below the data set folder without
+        the suffix (``BBBC010_v1_images/<...>_A04_w2_<...>``, ``A1/plant001_rgb``). ``instembed
+        predict`` names its outputs after the image files, keeping their folders below the
+        inputs' common folder, so a prediction name is one of these or a trailing part of one
+        (``instembed evaluate`` matches by whole path components)."""
+        keys = [item.name]
+        rel = self._relative(item.image)
+        if rel != item.name:
+            keys.append(rel)
+        return keys
+
+    def label_keys(self, item: Item) -> list[str]:
+        """The ground-truth files of ``item`` (label files, masks, CVPPP ``_fg.png``) named
+        like :meth:`item_keys`: predictions of them (``instembed predict`` run on a CVPPP
+        folder segments ``plantNNN_label.png`` too) are recognised and left out of scoring."""
+        paths = [*item.labels, *(v for v in item.extra.values() if isinstance(v, Path))]
+        return [self._relative(p) for p in paths if not p.is_dir()]
+
     def _image(self, path: Path) -> tuple[np.ndarray, str]:
         return io.load_image(path, self.normalize, self.channels)
 
@@ -204,7 +238,19 @@ def _find_dir(root: Path, names: Sequence[str]) -> Path | None:
 
 
 def _image_files(folder: Path) -> list[Path]:
-    """Image files (by suffix) directly in ``folder``, sorted."""
+    """Image files (by suffix) directly in ``folder``, sorted; hidden files (``._*``
+    AppleDouble, ``.DS_Store``, any name starting with ``.``) are skipped."""
+    return io.image_files(folder)
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    """Sub-folders of ``folder``, sorted, without hidden ones (``.ipynb_checkpoints``, ...)."""
+    return [p for p in io.list_dir(folder) if p.is_dir()]
+
+
+def _visible(root: Path, paths) -> list[Path]:
+    """``paths`` (below ``root``, e.g. from ``rglob``) without those with a hidden part
+    (``._x_rgb.png``, ``.Trash/...``) below ``root``, sorted."""
     return sorted(
-        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in io.IMAGE_SUFFIXES
+        p for p in paths if not any(part.startswith(".") for part in p.relative_to(root).parts)
     )

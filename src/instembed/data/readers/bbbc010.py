@@ -66,7 +66,7 @@ class BBBC010Reader(Reader):
             if m and m.group(2) == self.channel:
                 images[m.group(1)] = p
         masks: dict[str, list[tuple[int, Path]]] = {}
-        for p in sorted(mask_dir.iterdir()):
+        for p in _image_files(mask_dir):
             m = self._MASK.match(p.name)
             if m:
                 masks.setdefault(m.group(1), []).append((int(m.group(2)), p))

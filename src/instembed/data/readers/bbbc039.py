@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from instembed.data import io
-from instembed.data.readers.base import _image_files
+from instembed.data.readers.base import _image_files, _subdirs
 from instembed.data.readers.folder import FolderReader
 
 
 def _bbbc039_base(root: Path) -> Path | None:
     """``root`` or its first sub-folder (sorted) holding both images/ and masks/, or ``None``."""
-    for cand in [root, *sorted(p for p in root.iterdir() if p.is_dir())]:
+    for cand in [root, *_subdirs(root)]:
         if (cand / "images").is_dir() and (cand / "masks").is_dir():
             return cand
     return None

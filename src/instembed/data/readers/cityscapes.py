@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from instembed.data import io
-from instembed.data.readers.base import Item, Reader
+from instembed.data.readers.base import Item, Reader, _visible
 from instembed.data.sample import Sample
 from instembed.structures import IGNORE_INDEX
 
@@ -80,7 +80,7 @@ class CityscapesReader(Reader):
                 raise ValueError(f"{self.root}: no split {self.split!r} under leftImg8bit/")
         items = []
         base = self.root / "leftImg8bit"
-        for img in sorted(img_root.rglob("*_leftImg8bit.png")):
+        for img in _visible(img_root, img_root.rglob("*_leftImg8bit.png")):
             rel = img.relative_to(base)
             prefix = img.name[: -len("_leftImg8bit.png")]
             gt_dir = self.root / "gtFine" / rel.parent

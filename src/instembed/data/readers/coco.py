@@ -10,6 +10,13 @@ Panoptic: ``annotations/panoptic_<split>.json`` with ``segments_info`` per image
 
 Either may be opened by the json file itself or by a folder whose ``annotations/`` (or the
 folder itself) holds exactly one json.
+
+Crowd regions (``iscrowd = 1``) are kept as crowd: ``Sample.meta["crowd"]`` is their
+``(M, H, W)`` bool mask stack and ``Sample.meta["crowd_classes"]`` their ``(M,)`` category ids
+(both absent when an image has none). Their pixels are also marked in ``ignore``, so training
+never learns them as objects or as background; scoring
+(:class:`instembed.engine.evaluation.Scorer`, ``instembed evaluate``) takes them out of
+``ignore`` again and scores them as crowd ground truths (pycocotools' and panopticapi's rules).
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from instembed.data import io
-from instembed.data.readers.base import LABEL_DIRS, Item, Reader, _find_dir
+from instembed.data.readers.base import LABEL_DIRS, Item, Reader, _find_dir, _visible
 from instembed.data.rle import rle_decode
 from instembed.data.sample import Sample
 from instembed.structures import IGNORE_INDEX
@@ -90,7 +97,9 @@ def _detect_json(root: Path, panoptic: bool) -> str | None:
             return None
         return "a json file with segments_info" if panoptic else "a json file"
     ann = root / "annotations"
-    jsons = sorted(ann.glob("*.json")) if ann.is_dir() else sorted(root.glob("*.json"))
+    jsons = (
+        _visible(ann, ann.glob("*.json")) if ann.is_dir() else _visible(root, root.glob("*.json"))
+    )
     if len(jsons) == 1 and not _find_dir(root, LABEL_DIRS):
         if _is_panoptic_json(jsons[0]) == panoptic:
             return f"one json {jsons[0].name}"
@@ -102,14 +111,22 @@ def _detect_json(root: Path, panoptic: bool) -> str | None:
 # ---------------------------------------------------------------------------------------------
 
 
+def _crowd_meta(masks: list[np.ndarray], classes: list[int]) -> dict:
+    """``{"crowd": (M, H, W) bool, "crowd_classes": (M,) int64}``, or ``{}`` without crowd."""
+    if not masks:
+        return {}
+    return {"crowd": np.stack(masks), "crowd_classes": np.asarray(classes, np.int64)}
+
+
 class COCOReader(Reader):
     """COCO instances json: ``{"images": [...], "annotations": [...], "categories": [...]}``.
 
     ``root`` is the json file (or a folder whose ``annotations/`` holds exactly one json). Image
     files are looked up by ``file_name`` under ``image_root`` (default: tried in order the json's
     folder, its parent, ``parent/images``, ``parent/<json stem without instances_>``).
-    Segmentations may be polygons, uncompressed RLE or compressed RLE. ``iscrowd`` regions go to
-    ``ignore``; ``classes`` holds each instance's ``category_id``; ``semantic`` is the category
+    Segmentations may be polygons, uncompressed RLE or compressed RLE. ``iscrowd`` regions are
+    kept in ``meta["crowd"]`` / ``meta["crowd_classes"]`` (and marked in ``ignore`` for
+    training, see the module docstring); ``classes`` holds each instance's ``category_id``; ``semantic`` is the category
     id per pixel (0 = background). Overlapping instances give an ``(N, H, W)`` stack, otherwise a
     label image (ids in annotation order).
     """
@@ -129,11 +146,11 @@ class COCOReader(Reader):
         if self.root.is_file():
             return self.root
         cands = (
-            sorted((self.root / "annotations").glob("*.json"))
+            _visible(self.root / "annotations", (self.root / "annotations").glob("*.json"))
             if (self.root / "annotations").is_dir()
             else []
         )
-        cands = cands or sorted(self.root.glob("*.json"))
+        cands = cands or _visible(self.root, self.root.glob("*.json"))
         if len(cands) != 1:
             raise ValueError(
                 f"{self.root}: expected one COCO json (or pass the json file itself), found "
@@ -222,6 +239,7 @@ class COCOReader(Reader):
         image, dtype = self._image(item.image)
         h, w = image.shape[-2:]
         masks, classes = [], []
+        crowd, crowd_classes = [], []
         ignore = np.zeros((h, w), bool)
         for a in item.extra["anns"]:
             try:
@@ -230,6 +248,8 @@ class COCOReader(Reader):
                 raise ValueError(f"{self.json_path}: annotation {a.get('id')}: {err}") from err
             if a.get("iscrowd", 0):
                 ignore |= m
+                crowd.append(m)
+                crowd_classes.append(int(a["category_id"]))
             else:
                 masks.append(m)
                 classes.append(int(a["category_id"]))
@@ -241,6 +261,7 @@ class COCOReader(Reader):
             "image_dtype": dtype,
             "label_encoding": "coco",
             "category_names": {k: v.get("name", str(k)) for k, v in self.categories.items()},
+            **_crowd_meta(crowd, crowd_classes),
         }
         if stack.sum(0).max(initial=0) > 1:
             instances = stack
@@ -264,8 +285,8 @@ class COCOPanopticReader(COCOReader):
     Layout: ``annotations/panoptic_<split>.json`` and ``annotations/panoptic_<split>/<name>.png``
     (segment id = R + 256 G + 256² B, 0 = void); images as for :class:`COCOReader`. Segments of
     categories with ``isthing = 1`` become instances (``classes`` = category id); stuff segments
-    only enter ``semantic`` (category id per pixel, 255 = void); ``iscrowd`` segments are marked
-    in ``ignore``. Panoptic segments never overlap, so the instances are a label image.
+    only enter ``semantic`` (category id per pixel, 255 = void); ``iscrowd`` segments are kept in
+    ``meta["crowd"]`` / ``meta["crowd_classes"]`` and marked in ``ignore`` (module docstring). Panoptic segments never overlap, so the instances are a label image.
     """
 
     format = "coco_panoptic"
@@ -326,6 +347,7 @@ class COCOPanopticReader(COCOReader):
         instances = np.zeros((h, w), np.int32)
         ignore = np.zeros((h, w), bool)
         classes = []
+        crowd, crowd_classes = [], []
         present = set(np.unique(seg).tolist())
         for s in item.extra["segments"]:
             sid, cat = int(s["id"]), int(s["category_id"])
@@ -337,6 +359,8 @@ class COCOPanopticReader(COCOReader):
             semantic[m] = cat
             if s.get("iscrowd", 0):
                 ignore |= m
+                crowd.append(m)
+                crowd_classes.append(cat)
             elif self.categories[cat].get("isthing", 1):
                 classes.append(cat)
                 instances[m] = len(classes)
@@ -346,5 +370,9 @@ class COCOPanopticReader(COCOReader):
             semantic=semantic,
             classes=np.asarray(classes, np.int64),
             ignore=ignore if ignore.any() else None,
-            meta={"image_dtype": dtype, "label_encoding": "coco_panoptic"},
+            meta={
+                "image_dtype": dtype,
+                "label_encoding": "coco_panoptic",
+                **_crowd_meta(crowd, crowd_classes),
+            },
         )

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from instembed.data import io
-from instembed.data.readers.base import Item, Reader
+from instembed.data.readers.base import Item, Reader, _visible
 from instembed.data.sample import Sample
 
 
@@ -37,16 +37,13 @@ class CVPPPReader(Reader):
     def detect(cls, root: Path) -> str | None:
         if not root.is_dir():
             return None
-        if (
-            next(root.rglob("*_rgb.png"), None) is not None
-            and next(root.rglob("*_label.png"), None) is not None
-        ):
+        if _visible(root, root.rglob("*_rgb.png")) and _visible(root, root.rglob("*_label.png")):
             return "*_rgb.png + *_label.png files"
         return None
 
     def _index(self) -> list[Item]:
         items = []
-        for img in sorted(self.root.rglob("*_rgb.png")):
+        for img in _visible(self.root, self.root.rglob("*_rgb.png")):
             stem = img.name[: -len("_rgb.png")]
             lab = img.with_name(stem + "_label.png")
             rel = str(img.parent.relative_to(self.root) / stem)
@@ -58,7 +55,7 @@ class CVPPPReader(Reader):
             if fg.is_file():
                 extra["fg"] = fg
             items.append(Item(rel, img, [lab], extra))
-        for lab in sorted(self.root.rglob("*_label.png")):
+        for lab in _visible(self.root, self.root.rglob("*_label.png")):
             if not lab.with_name(lab.name[: -len("_label.png")] + "_rgb.png").is_file():
                 self._problem(lab, "label file has no _rgb.png image")
         return items

@@ -18,6 +18,7 @@ from instembed.data.readers.base import (
     _binary_mask,
     _check_mask_sizes,
     _image_files,
+    _subdirs,
 )
 from instembed.data.sample import Sample
 
@@ -47,7 +48,7 @@ class DSB2018Reader(Reader):
         """More than half of the first (up to) six sub-folders ``<id>`` hold images/<id>.*."""
         if not root.is_dir():
             return None
-        dirs = sorted(d for d in _base(root).iterdir() if d.is_dir())[:6]
+        dirs = _subdirs(_base(root))[:6]
         hits = sum(any((d / "images").glob(d.name + ".*")) for d in dirs)
         if dirs and 2 * hits > len(dirs):
             return "<id>/images/<id>.png + <id>/masks/ folders"
@@ -55,7 +56,7 @@ class DSB2018Reader(Reader):
 
     def _index(self) -> list[Item]:
         items = []
-        for d in sorted(p for p in _base(self.root).iterdir() if p.is_dir()):
+        for d in _subdirs(_base(self.root)):
             imgs = _image_files(d / "images") if (d / "images").is_dir() else []
             if not imgs:
                 if (d / "masks").is_dir():

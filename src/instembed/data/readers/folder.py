@@ -29,6 +29,8 @@ from instembed.data.readers.base import (
     Reader,
     _find_dir,
     _image_files,
+    _subdirs,
+    _visible,
 )
 from instembed.data.sample import Sample
 
@@ -66,7 +68,7 @@ class FolderReader(Reader):
         if img_dir is None or lab_dir is None:
             raise ValueError(
                 f"{self.root}: expected an images/ folder and a labels/ (or masks/) folder, "
-                f"found {sorted(p.name for p in self.root.iterdir() if p.is_dir())}"
+                f"found {[p.name for p in _subdirs(self.root)]}"
             )
         return img_dir, lab_dir
 
@@ -74,7 +76,7 @@ class FolderReader(Reader):
         img_dir, lab_dir = self._dirs()
         images = _image_files(img_dir)
         labels = {p.stem: p for p in _image_files(lab_dir)}
-        labels.update({p.name: p for p in lab_dir.iterdir() if p.is_dir()})
+        labels.update({p.name: p for p in _subdirs(lab_dir)})
         sem_dir = self.root / "semantic"
         classes = {}
         if (self.root / "classes.json").is_file():
@@ -95,7 +97,7 @@ class FolderReader(Reader):
             used.add(match.stem if match.is_file() else match.name)
             extra = {}
             sem = (
-                next(iter(sorted(sem_dir.glob(img.stem + ".*"))), None)
+                next(iter(_visible(sem_dir, sem_dir.glob(img.stem + ".*"))), None)
                 if sem_dir.is_dir()
                 else None
             )

@@ -1,0 +1,122 @@
+"""Raw pixels -> the ``(C, H, W)`` float32 image of a :class:`~instembed.data.sample.Sample`:
+channel layout (:func:`to_chw`) and intensity normalisation (:data:`NORMALIZATIONS`,
+:func:`normalize_image`). Used by :func:`instembed.data.io.load_image` and the readers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from instembed.data.errors import ImageReadError
+
+
+def to_chw(arr: np.ndarray, *, drop_alpha: bool = True, path: str | None = None) -> np.ndarray:
+    """Raw pixels -> ``(C, H, W)``. ``(H, W, C)`` with C <= 4 is moved to channels-first; a
+    4th (alpha) channel is dropped when ``drop_alpha``. Keeps the dtype."""
+    where = f"{path}: " if path else ""
+    if arr.ndim == 2:
+        out = arr[None]
+    elif arr.ndim == 3:
+        if arr.shape[-1] <= 4 and arr.shape[0] > 4:
+            out = np.moveaxis(arr, -1, 0)
+        elif arr.shape[0] <= 4:
+            out = arr
+        else:
+            raise ImageReadError(
+                f"{where}cannot tell the channel axis of an image of shape {arr.shape} "
+                "(expected (H, W), (H, W, C) or (C, H, W) with C <= 4)"
+            )
+        if drop_alpha and out.shape[0] == 4:
+            out = out[:3]
+    else:
+        raise ImageReadError(f"{where}expected a 2-D image, got an array of shape {arr.shape}")
+    return out
+
+
+def percentile_normalize(
+    image: np.ndarray,
+    low: float = 1.0,
+    high: float = 99.8,
+    *,
+    per_channel: bool = True,
+    eps: float = 1e-6,
+) -> np.ndarray:
+    """Map the ``low``/``high`` percentiles of ``image`` (C, H, W) to 0/1 (float32, not clipped).
+
+    The usual normalisation for 12/16-bit microscopy (as in CSBDeep/StarDist, whose defaults
+    1 / 99.8 are kept). A constant image maps to 0.
+    """
+    image = np.asarray(image)
+    x = image.astype(np.float32)
+    if image.dtype in (np.uint8, np.uint16) and image.size:
+        # exact numpy 'linear' percentiles from a histogram: O(pixels), no sort
+        chans = (
+            image.reshape(image.shape[0], -1)
+            if per_channel and image.ndim == 3
+            else [image.ravel()]
+        )
+        lo = np.empty((len(chans), 1, 1), np.float64)
+        hi = np.empty_like(lo)
+        for c, v in enumerate(chans):
+            lo[c], hi[c] = _hist_percentiles(v, (low, high))
+        if not (per_channel and image.ndim == 3):
+            lo, hi = lo[0], hi[0]
+    else:
+        axes = tuple(range(1, x.ndim)) if per_channel and x.ndim == 3 else None
+        lo, hi = np.percentile(x, [low, high], axis=axes, keepdims=True)
+    return ((x - lo) / np.maximum(hi - lo, eps)).astype(np.float32)
+
+
+def _hist_percentiles(values: np.ndarray, qs) -> list[float]:
+    """numpy.percentile(values, q) (method 'linear') for small non-negative integers."""
+    cum = np.cumsum(np.bincount(values))
+    n = int(cum[-1])
+    out = []
+    for q in qs:
+        pos = q / 100.0 * (n - 1)
+        k = int(np.floor(pos))
+        a = int(np.searchsorted(cum, k, side="right"))  # value at sorted index k
+        b = int(np.searchsorted(cum, min(k + 1, n - 1), side="right"))
+        out.append(a + (pos - k) * (b - a))
+    return out
+
+
+def range_normalize(image: np.ndarray) -> np.ndarray:
+    """Integer images divided by their dtype's maximum (uint8 / 255, ...); floats unchanged."""
+    if np.issubdtype(image.dtype, np.integer):
+        return (image.astype(np.float32) / np.iinfo(image.dtype).max).astype(np.float32)
+    if image.dtype == bool:
+        return image.astype(np.float32)
+    return image.astype(np.float32)
+
+
+NORMALIZATIONS = ("percentile", "percentile_darkbg", "range", "none")
+
+
+def dark_background(image: np.ndarray, level: float = 0.5) -> np.ndarray:
+    """Invert a ``[0, 1]``-normalised ``(C, H, W)`` image (``1 - x``) when its background is
+    bright, i.e. when the median of the channel mean is above ``level``; otherwise unchanged.
+
+    Bright-field and H&E nuclei are dark on a bright background, fluorescent nuclei bright on
+    a dark one; after this every image shows bright objects on a dark background (the usual
+    pre-processing of the DSB2018 solutions, Caicedo et al. 2019)."""
+    gray = image.mean(0) if image.ndim == 3 else image
+    if gray.size and float(np.median(gray)) > level:
+        return (1.0 - image).astype(np.float32)
+    return image
+
+
+def normalize_image(image: np.ndarray, mode: str = "percentile") -> np.ndarray:
+    """Normalise a ``(C, H, W)`` image: ``"percentile"`` (1 / 99.8 -> 0 / 1),
+    ``"percentile_darkbg"`` (the same, then inverted when the background is bright, see
+    :func:`dark_background`), ``"range"`` (divide by the dtype maximum) or ``"none"`` (cast to
+    float32)."""
+    if mode == "percentile":
+        return percentile_normalize(image)
+    if mode == "percentile_darkbg":
+        return dark_background(percentile_normalize(image))
+    if mode == "range":
+        return range_normalize(image)
+    if mode == "none":
+        return np.asarray(image, np.float32)
+    raise ValueError(f"unknown normalisation {mode!r}; expected one of {NORMALIZATIONS}")
