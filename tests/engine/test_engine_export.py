@@ -125,3 +125,28 @@ def test_export_cli(tmp_path, capsys):
     torch.testing.assert_close(
         torch.jit.load(str(tmp_path / "m.ts"))(x)["embedding"], m.eval()(x).embedding
     )
+
+
+def test_the_exporter_comes_from_the_method_table():
+    from instembed.cluster.methods import exportable_methods
+    from instembed.engine.export import (
+        CenterOffsetExport,
+        ScriptedNet,
+        SeededExport,
+        postprocessing_wrapper,
+    )
+
+    net, seeded = torch.nn.Identity(), ["embedding", "seed", "sigma"]
+    w = postprocessing_wrapper(net, seeded, 4, "seeded", {"seed_thresh": 0.6})
+    assert isinstance(w, SeededExport) and w.has_postprocessing and w.seed_thresh == 0.6
+    w = postprocessing_wrapper(net, ["center", "offset"], 4, "center_offset", {})
+    assert isinstance(w, CenterOffsetExport)
+    w = postprocessing_wrapper(net, ["embedding"], 4, "threshold", {})  # network only
+    assert type(w) is ScriptedNet and not w.has_postprocessing
+    assert set(exportable_methods()) == {"seeded", "center_offset"}
+    with pytest.raises(ValueError, match="methods with one: \\['seeded', 'center_offset'\\]"):
+        postprocessing_wrapper(net, ["embedding"], 4, "threshold", {}, postprocessing=True)
+    with pytest.raises(ValueError, match="needs the network outputs \\['sigma'\\]"):
+        postprocessing_wrapper(net, ["embedding", "seed"], 4, "seeded", {}, postprocessing=True)
+    w = postprocessing_wrapper(net, seeded, 4, "seeded", {}, postprocessing=False)
+    assert type(w) is ScriptedNet

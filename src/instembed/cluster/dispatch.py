@@ -1,20 +1,28 @@
-"""One entry point for every clusterer: :func:`cluster_embeddings` (and its batch and per-class
-forms), from an embedding tensor or the network's :class:`~instembed.structures.Outputs`.
+"""One entry point for every post-processing method: :func:`cluster_embeddings` (and its batch
+and per-class forms), from an embedding tensor or the network's
+:class:`~instembed.structures.Outputs`. The methods themselves are the table of
+:mod:`instembed.cluster.methods`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from instembed.cluster.center_offset import center_offset_cluster
-from instembed.cluster.hdbscan import hdbscan_cluster
-from instembed.cluster.kmeans import kmeans_cluster
-from instembed.cluster.meanshift import meanshift_cluster
+from instembed.cluster.methods import (
+    DENSE_PARAMS,
+    METHODS,
+    Context,
+    Method,
+    check_own_params,
+    get_method,
+    output_field,
+    overlap_error,
+)
 from instembed.cluster.panoptic import majority_class
 from instembed.cluster.postprocess import (
     fill_holes,
@@ -22,38 +30,16 @@ from instembed.cluster.postprocess import (
     relabel_sequential,
     remove_small_instances,
 )
-from instembed.cluster.seeded import overlap_masks, seeded_cluster
 from instembed.cluster.threads import one_intra_op_thread
-from instembed.cluster.threshold import threshold_cluster
 from instembed.structures import Instances, Outputs
 
 log = logging.getLogger(__name__)
 
-METHODS = ("meanshift", "threshold", "seeded", "kmeans", "hdbscan", "center_offset")
+__all__ = ["METHODS", "cluster_batch", "cluster_embeddings", "cluster_per_class"]
 
 # parameters handled here, not by the method functions
-_POST = (
-    "min_size",
-    "fill_holes",
-    "score",
-    "thing_classes",
-    "fg_thresh",
-    "batch_index",
-    "overlap_thresh",
-)
-
-
-def _field(outputs: Outputs, name: str, b: int, method: str) -> Tensor:
-    value = getattr(outputs, name)
-    if value is None:
-        raise ValueError(f"method {method!r} needs outputs.{name}, which is None")
-    if value.dim() < 3:
-        raise ValueError(f"outputs.{name} must be (B, C, H, W), got {list(value.shape)}")
-    if b >= value.shape[0]:
-        raise ValueError(
-            f"batch_index {b} out of range for outputs.{name} of batch {value.shape[0]}"
-        )
-    return value[b]
+_POST = DENSE_PARAMS
+_field = output_field
 
 
 def _inputs(obj: Tensor | Outputs, b: int) -> tuple[Outputs, int]:
@@ -69,56 +55,39 @@ def _inputs(obj: Tensor | Outputs, b: int) -> tuple[Outputs, int]:
     raise TypeError(f"expected an embedding tensor or an Outputs, got {type(obj).__name__}")
 
 
-def _check_params(method: str, fn: Callable[..., Any], params: dict[str, Any]) -> None:
-    import inspect
-
-    sig = inspect.signature(fn)
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
-        return
-    allowed = set(sig.parameters) - {
-        "embedding",
-        "foreground",
-        "seed",
-        "sigma",
-        "center",
-        "offset",
-        "thing",
-    }
-    unknown = set(params) - allowed
-    if unknown:
-        raise ValueError(
-            f"unknown parameter(s) {sorted(unknown)} for method {method!r}; valid: "
-            f"{sorted(allowed | set(_POST))}"
-        )
-
-
 def cluster_embeddings(
     outputs_or_embedding: Tensor | Outputs,
     method: str,
     foreground: Tensor | None = None,
     **params: Any,
 ) -> Instances:
-    """Cluster one image's pixel embeddings into instances.
+    """Cluster one image's pixel embeddings into instances (or filter the instances of a model
+    that finds them itself).
 
     Args:
         outputs_or_embedding: an (E, H, W) embedding tensor, or network Outputs (the image
-            ``batch_index``, default 0, is used; fields taken per method: embedding; seed and sigma
-            for "seeded"; center and offset for "center_offset"; seed as foreground probability
-            and semantic for classes when present).
-        method: one of ``METHODS``: "meanshift" (``bandwidth``), "threshold" (``delta_v``),
-            "seeded", "kmeans" (``k``), "hdbscan", "center_offset".
+            ``batch_index``, default 0, is used; fields taken per method (``Method.fields``):
+            embedding; seed and sigma for "seeded"; center and offset for "center_offset";
+            ``instances`` for "detections" and "steps"; seed as foreground probability and
+            semantic for classes when present).
+        method: one of ``METHODS`` (the table :mod:`instembed.cluster.methods`): "meanshift"
+            (``bandwidth``), "threshold" (``delta_v``), "seeded", "kmeans" (``k``), "hdbscan",
+            "center_offset", "detections", "steps".
         foreground: (H, W) bool; None: ``seed > fg_thresh`` when a seed map is present (for
             "center_offset": the thing classes of the semantic map when given), else all pixels.
-        **params: the method's parameters (see its function in ``instembed.cluster``) and the
-            post-processing ones: ``min_size`` (int, smaller instances removed), ``fill_holes``
-            (bool), ``score`` ("seed", "foreground", "product" or "constant", see
-            :func:`instance_scores`), ``thing_classes`` (semantic classes that hold instances),
-            ``fg_thresh`` (default 0.5), ``batch_index``; ``overlap_thresh`` ("seeded" only):
-            also return overlapping masks, see :func:`instembed.cluster.seeded.overlap_masks`.
+            Not for "detections" and "steps".
+        **params: the method's parameters (see its function in ``instembed.cluster``) and, for
+            the dense methods, the post-processing ones: ``min_size`` (int, smaller instances
+            removed), ``fill_holes`` (bool), ``score`` ("seed", "foreground", "product" or
+            "constant", see :func:`instance_scores`), ``thing_classes`` (semantic classes that
+            hold instances), ``fg_thresh`` (default 0.5), ``overlap_thresh`` ("seeded" only):
+            also return overlapping masks, see :func:`instembed.cluster.seeded.overlap_masks`;
+            for every method ``batch_index``.
 
     Returns:
         Instances with sequential labels (H, W), scores (N,), classes (N,) when the outputs
-        have a semantic map, centers (N, D), masks (N, H, W) with ``overlap_thresh``.
+        have a semantic map, centers (N, D), masks (N, H, W) with ``overlap_thresh``; for
+        "detections" and "steps" see :mod:`instembed.cluster.detections` (bool masks, boxes).
     """
     with one_intra_op_thread():  # see instembed.cluster.threads
         return _cluster_embeddings(outputs_or_embedding, method, foreground, params)
@@ -130,10 +99,11 @@ def _cluster_embeddings(
     foreground: Tensor | None,
     params: dict[str, Any],
 ) -> Instances:
-    if method not in METHODS:
-        raise ValueError(f"unknown clustering method {method!r}; valid: {list(METHODS)}")
+    spec = get_method(method)
     params = dict(params)
     b = int(params.pop("batch_index", 0))
+    if not spec.dense:
+        return _run_instance_method(spec, outputs_or_embedding, foreground, b, params)
     min_size_given = "min_size" in params
     min_size = int(params.pop("min_size", 0))
     do_fill = bool(params.pop("fill_holes", False))
@@ -141,54 +111,32 @@ def _cluster_embeddings(
     thing_classes = params.pop("thing_classes", None)
     fg_thresh = float(params.pop("fg_thresh", 0.5))
     overlap_thresh = params.pop("overlap_thresh", None)
-    if overlap_thresh is not None and method != "seeded":
-        raise ValueError(
-            f"overlap_thresh (overlapping masks) needs method 'seeded', got method {method!r}"
-        )
+    if overlap_thresh is not None and spec.overlap is None:
+        raise ValueError(overlap_error(method))
     out, b = _inputs(outputs_or_embedding, b)
 
     seed_map = out.seed[b, 0] if out.seed is not None and b < out.seed.shape[0] else None
     semantic = None
     if out.semantic is not None and b < out.semantic.shape[0]:
         semantic = out.semantic[b].argmax(0)
+    ctx = Context(
+        out,
+        b,
+        method,
+        seed_map=seed_map,
+        semantic=semantic,
+        fg_thresh=fg_thresh,
+        min_size=min_size if min_size_given else None,
+        thing_classes=thing_classes,
+    )
     if foreground is not None:
-        fg = foreground.to(torch.bool)
-    elif method == "center_offset":
-        fg = None
-        if semantic is not None and thing_classes is not None:
-            fg = torch.isin(semantic, torch.as_tensor(list(thing_classes), device=semantic.device))
-    elif seed_map is not None:
-        fg = seed_map > fg_thresh
-    else:
-        fg = None
-
-    seed_scores = None
-    if method == "seeded":
-        emb = _field(out, "embedding", b, method)
-        sigma = _field(out, "sigma", b, method)
-        if seed_map is None:
-            raise ValueError("method 'seeded' needs outputs.seed, which is None")
-        _check_params(method, seeded_cluster, params)
-        if min_size_given:  # also the proposal size of the seed loop
-            params["min_size"] = min_size
-        labels, seed_scores, centers = seeded_cluster(
-            emb, seed_map, sigma, fg, fg_thresh=fg_thresh, **params
-        )
-    elif method == "center_offset":
-        center = _field(out, "center", b, method)
-        offset = _field(out, "offset", b, method)
-        _check_params(method, center_offset_cluster, params)
-        labels, seed_scores, centers = center_offset_cluster(center, offset, fg, **params)
-    else:
-        emb = _field(out, "embedding", b, method)
-        fn = {
-            "meanshift": meanshift_cluster,
-            "threshold": threshold_cluster,
-            "kmeans": kmeans_cluster,
-            "hdbscan": hdbscan_cluster,
-        }[method]
-        _check_params(method, fn, params)
-        labels, centers = fn(emb, fg, **params)
+        ctx.foreground = foreground.to(torch.bool)
+    elif spec.foreground is not None:
+        ctx.foreground = spec.foreground(ctx)
+    for name in spec.fields:
+        ctx.field(name)  # a clear error for a missing field, before the parameters
+    check_own_params(spec, params)
+    labels, centers, seed_scores = spec.run(ctx, params)
     h, w = labels.shape
     if labels.shape != (h, w):
         raise AssertionError("clusterer returned a label image of the wrong shape")
@@ -211,19 +159,32 @@ def _cluster_embeddings(
         classes = majority_class(labels, semantic, n, cand)
     masks = None
     if overlap_thresh is not None:
-        assert fg is not None  # seeded: the seed map gives the foreground
-        masks = overlap_masks(
-            emb,
-            sigma,
-            labels,
-            centers,
-            fg,
-            float(overlap_thresh),
-            kernel=params.get("kernel", "gaussian"),
-            sigma_mode=params.get("sigma_mode", "std"),
-        )
+        assert spec.overlap is not None
+        masks = spec.overlap(ctx, params, labels, centers, float(overlap_thresh))
     log.debug("cluster_embeddings(%s): %d instances", method, n)
     return Instances(labels=labels, scores=scores, classes=classes, centers=centers, masks=masks)
+
+
+def _run_instance_method(
+    spec: Method,
+    outputs_or_embedding: Tensor | Outputs,
+    foreground: Tensor | None,
+    b: int,
+    params: dict[str, Any],
+) -> Instances:
+    """A method that filters the model's own instances (``spec.dense`` False)."""
+    if foreground is not None:
+        raise ValueError(
+            f"method {spec.name!r} filters the model's own instances and takes no foreground"
+        )
+    out, b = _inputs(outputs_or_embedding, b)
+    ctx = Context(out, b, spec.name)
+    for name in spec.fields:
+        ctx.field(name)
+    check_own_params(spec, params)
+    result = spec.run(ctx, params)
+    log.debug("cluster_embeddings(%s): %d instances", spec.name, len(result))
+    return result
 
 
 def cluster_batch(
@@ -242,10 +203,7 @@ def cluster_batch(
         B results, each equal to clustering that image alone.
     """
     out, _ = _inputs(outputs_or_embedding, 0)
-    first = next(iter(out.to_dict().values()), None)
-    if first is None:
-        raise ValueError("the Outputs have no field set")
-    bsz = first.shape[0]
+    bsz = out.batch_size  # ValueError when no field is set
     if foreground is not None and (foreground.dim() != 3 or foreground.shape[0] != bsz):
         raise ValueError(f"foreground must be (B={bsz}, H, W), got {list(foreground.shape)}")
     return [

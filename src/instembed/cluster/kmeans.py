@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from instembed.cluster.assign import assign_pixels, nearest_center
-from instembed.cluster.sampling import foreground_sample
+from instembed.cluster.assign import nearest_center
+from instembed.cluster.sampling import cluster_on_sample
 
 
 def _kmeans_pp(points: Tensor, k: int, gen: torch.Generator) -> Tensor:
@@ -102,12 +102,10 @@ def kmeans_cluster(
     Returns:
         labels (H, W) int64 (0 = background) and centers (K, E).
     """
-    e, h, w = embedding.shape
-    fg, sample = foreground_sample(embedding, foreground, max_points)
-    if sample is None:
-        return torch.zeros(h, w, dtype=torch.long, device=embedding.device), embedding.new_zeros(
-            (0, e)
-        )
-    _, centers = kmeans(sample, k, n_init=n_init, max_iter=max_iter, tol=tol, seed=seed)
-    index, _ = assign_pixels(embedding, fg, centers, None, stride)
-    return index + 1, centers
+
+    def find_centers(sample: Tensor) -> Tensor:
+        return kmeans(sample, k, n_init=n_init, max_iter=max_iter, tol=tol, seed=seed)[1]
+
+    return cluster_on_sample(
+        embedding, foreground, find_centers, max_points=max_points, stride=stride
+    )

@@ -25,8 +25,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from instembed.cluster.assign import assign_pixels, nearest_center
-from instembed.cluster.sampling import foreground_sample
+from instembed.cluster.assign import nearest_center
+from instembed.cluster.sampling import cluster_on_sample
 
 KERNELS = ("flat", "gaussian")
 
@@ -184,23 +184,23 @@ def meanshift_cluster(
     Returns:
         labels (H, W) int64 (0 = background) and centers (K, E).
     """
-    e, h, w = embedding.shape
-    fg, sample = foreground_sample(embedding, foreground, max_points)
-    if sample is None:
-        return torch.zeros(h, w, dtype=torch.long, device=embedding.device), embedding.new_zeros(
-            (0, e)
-        )
-    _, centers = mean_shift(
-        sample,
-        bandwidth,
-        kernel=kernel,
-        seeding=seeding,
-        min_bin_freq=min_bin_freq,
-        tol=tol,
-        max_iter=max_iter,
+
+    def find_centers(sample: Tensor) -> Tensor:
+        return mean_shift(
+            sample,
+            bandwidth,
+            kernel=kernel,
+            seeding=seeding,
+            min_bin_freq=min_bin_freq,
+            tol=tol,
+            max_iter=max_iter,
+        )[1]
+
+    return cluster_on_sample(
+        embedding,
+        foreground,
+        find_centers,
+        max_points=max_points,
+        stride=stride,
+        max_distance=None if cluster_all else bandwidth,
     )
-    index, q2 = assign_pixels(embedding, fg, centers, None, stride)
-    labels = index + 1
-    if not cluster_all:
-        labels = torch.where(q2 <= bandwidth * bandwidth, labels, 0)
-    return labels, centers

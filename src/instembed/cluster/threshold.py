@@ -31,8 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from instembed.cluster.assign import assign_labels
-from instembed.cluster.sampling import grid_sample, grid_step
+from instembed.cluster.sampling import Centres, cluster_on_sample
 from instembed.cluster.threads import one_intra_op_thread
 
 log = logging.getLogger(__name__)
@@ -228,42 +227,50 @@ def _threshold_cluster(
     max_points: int,
     stride: int,
 ) -> tuple[Tensor, Tensor]:
-    e, h, w = embedding.shape
-    fg = _foreground(foreground, h, w, embedding.device)
-    n_fg = int(fg.count_nonzero().item())
-    if n_fg == 0:
-        return torch.zeros(h, w, dtype=torch.long, device=embedding.device), embedding.new_zeros(
-            (0, e)
-        )
-    step = grid_step(n_fg, max_points)
-    sample, _ = grid_sample(embedding, fg, step)
-    sample_labels, centers = threshold_modes(sample.t().contiguous(), delta_v, tol, max_iter)
+    def find_centers(sample: Tensor) -> Centres:
+        return threshold_centers(sample, delta_v, merge_radius, tol, max_iter)
+
+    return cluster_on_sample(
+        embedding,
+        foreground,
+        find_centers,
+        max_points=max_points,
+        stride=stride,
+        max_distance=max_distance,
+    )
+
+
+def threshold_centers(
+    sample: Tensor,
+    delta_v: float,
+    merge_radius: float | None = None,
+    tol: float | None = None,
+    max_iter: int = 100,
+) -> Centres:
+    """Centres of threshold clustering on a point set (the centre finder of
+    :func:`threshold_cluster`).
+
+    Args:
+        sample: (M, E) float.
+        delta_v, tol, max_iter: see :func:`threshold_modes`.
+        merge_radius: merge fragments whose centres are closer than this (None: no merging).
+
+    Returns:
+        :class:`~instembed.cluster.sampling.Centres`: the fragment centres (pixels go to the
+        nearest one), the merged cluster of each fragment, and the centre of each cluster (the
+        mean of its sample points).
+    """
+    e = sample.shape[1]
+    sample_labels, centers = threshold_modes(sample, delta_v, tol, max_iter)
     n_frag = centers.shape[0]
     if merge_radius is not None and n_frag > 1:
         comp = merge_close_centers(centers, merge_radius)
     else:
-        comp = torch.arange(n_frag, device=embedding.device)
-    max_q2 = float("inf")
-    if max_distance is not None:
-        # q2 <= max_distance^2 in the embedding's precision, as the strict q2 < max_q2
-        lim = torch.tensor(max_distance * max_distance, dtype=embedding.dtype)
-        max_q2 = float(torch.nextafter(lim, torch.tensor(float("inf"), dtype=lim.dtype)).item())
-    labels = assign_labels(embedding, fg, centers, None, stride, max_q2)  # fragment id + 1
+        comp = torch.arange(n_frag, device=sample.device)
     k = int(comp.max().item()) + 1 if n_frag > 0 else 0
-    if k < n_frag:  # fragment -> merged cluster
-        lut = torch.cat([comp.new_zeros(1), comp + 1])
-        labels = lut.index_select(0, labels.reshape(-1)).reshape(h, w)
     # centre of a merged cluster: mean of its sample points
-    sums = torch.zeros(k, e, dtype=embedding.dtype, device=embedding.device)
-    sums.index_add_(0, comp.index_select(0, sample_labels), sample.t())
+    sums = torch.zeros(k, e, dtype=sample.dtype, device=sample.device)
+    sums.index_add_(0, comp.index_select(0, sample_labels), sample)
     counts = torch.bincount(comp.index_select(0, sample_labels), minlength=k).clamp(min=1)
-    log.debug("threshold clustering: %d fragments -> %d clusters (grid step %d)", n_frag, k, step)
-    return labels, sums / counts.unsqueeze(1).to(embedding.dtype)
-
-
-def _foreground(foreground: Tensor | None, h: int, w: int, device: torch.device) -> Tensor:
-    if foreground is None:
-        return torch.ones(h, w, dtype=torch.bool, device=device)
-    if foreground.shape != (h, w):
-        raise ValueError(f"foreground must have shape ({h}, {w}), got {list(foreground.shape)}")
-    return foreground.to(device=device, dtype=torch.bool)
+    log.debug("threshold clustering: %d fragments -> %d clusters", n_frag, k)
+    return Centres(centers, comp, sums / counts.unsqueeze(1).to(sample.dtype))

@@ -3,8 +3,10 @@
 TorchScript. The network is traced (``torch.jit.trace``) on an input whose size is a multiple
 of its ``size_divisor``; a scripted wrapper pads any input (reflection, bottom/right) to such a
 multiple, runs the traced network and crops the outputs back, as the Python model does. For the
-clusterers that compile with ``torch.jit.script`` -- ``seeded`` (Neven et al. 2019) and
-``center_offset`` (Panoptic-DeepLab) -- the same file also holds the clustering::
+clusterers that compile with ``torch.jit.script`` -- the methods with an ``exporter`` in the table
+:mod:`instembed.cluster.methods`: ``seeded`` (Neven et al. 2019) and ``center_offset``
+(Panoptic-DeepLab); the wrappers are in :mod:`instembed.cluster.torchscript` -- the same file
+also holds the clustering::
 
     m = torch.jit.load("model.ts")
     outputs = m(image)                 # dict name -> (B, ., H, W): image (B, C, H, W) float32
@@ -30,13 +32,26 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from instembed.cluster.center_offset import center_offset_cluster
-from instembed.cluster.seeded import seeded_cluster
+from instembed.cluster.methods import exportable_methods, get_method
+from instembed.cluster.torchscript import CenterOffsetExport, ScriptedNet, SeededExport
 from instembed.engine.config import Config, config_to_yaml
 
 log = logging.getLogger(__name__)
 
-SCRIPTABLE_CLUSTERERS = ("seeded", "center_offset")
+__all__ = [
+    "SCRIPTABLE_CLUSTERERS",
+    "CenterOffsetExport",
+    "ScriptedNet",
+    "SeededExport",
+    "export_onnx",
+    "export_torchscript",
+    "output_names",
+    "postprocessing_wrapper",
+]
+
+SCRIPTABLE_CLUSTERERS = exportable_methods()
+"""The methods with a TorchScript exporter when this module was imported
+(:func:`instembed.cluster.methods.exportable_methods` is the live list)."""
 
 
 class _TupleNet(nn.Module):
@@ -50,101 +65,6 @@ class _TupleNet(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         out = self.model(x)
         return tuple(getattr(out, n) for n in self.names)
-
-
-class ScriptedNet(nn.Module):
-    """Pad -> traced network -> crop; ``forward(image) -> dict`` of output fields."""
-
-    def __init__(self, traced: torch.jit.ScriptModule, names: list[str], divisor: int) -> None:
-        super().__init__()
-        self.net = traced
-        self.names = names
-        self.divisor = divisor
-        self.has_postprocessing = False
-
-    def forward(self, image: Tensor) -> dict[str, Tensor]:
-        h, w = image.shape[-2], image.shape[-1]
-        ph = (self.divisor - h % self.divisor) % self.divisor
-        pw = (self.divisor - w % self.divisor) % self.divisor
-        x = image
-        if ph > 0 or pw > 0:
-            mode = "reflect" if ph < h and pw < w else "replicate"
-            x = torch.nn.functional.pad(image, [0, pw, 0, ph], mode=mode)
-        outs = self.net(x)
-        result: dict[str, Tensor] = {}
-        for i, name in enumerate(self.names):
-            result[name] = outs[i][..., :h, :w]
-        return result
-
-
-class SeededExport(ScriptedNet):
-    """Network + seeded clustering (Neven et al. 2019) in TorchScript."""
-
-    def __init__(self, traced, names, divisor, params: dict) -> None:
-        super().__init__(traced, names, divisor)
-        self.has_postprocessing = True
-        self.fg_thresh = float(params.get("fg_thresh", 0.5))
-        self.seed_thresh = float(params.get("seed_thresh", 0.9))
-        self.min_size = int(params.get("min_size", 128))
-        self.new_fraction = float(params.get("new_fraction", 0.5))
-        self.prob_thresh = float(params.get("prob_thresh", 0.5))
-        self.kernel = str(params.get("kernel", "gaussian"))
-        self.sigma_mode = str(params.get("sigma_mode", "std"))
-        self.max_points = int(params.get("max_points", 16384))
-        self.stride = int(params.get("stride", 4))
-
-    @torch.jit.export
-    def segment(self, image: Tensor) -> tuple[Tensor, Tensor]:
-        """(labels (H, W) int64 0 = background, scores (N,)) for one image (1, C, H, W)."""
-        out = self.forward(image)
-        labels, scores, _ = seeded_cluster(
-            out["embedding"][0],
-            out["seed"][0, 0],
-            out["sigma"][0],
-            None,
-            self.fg_thresh,
-            self.seed_thresh,
-            self.min_size,
-            self.new_fraction,
-            self.prob_thresh,
-            self.kernel,
-            self.sigma_mode,
-            self.max_points,
-            self.stride,
-        )
-        return labels, scores
-
-
-class CenterOffsetExport(ScriptedNet):
-    """Network + Panoptic-DeepLab center/offset grouping in TorchScript."""
-
-    def __init__(self, traced, names, divisor, params: dict) -> None:
-        super().__init__(traced, names, divisor)
-        self.has_postprocessing = True
-        self.threshold = float(params.get("threshold", 0.1))
-        self.nms_kernel = int(params.get("nms_kernel", 7))
-        self.top_k = int(params.get("top_k", 200))
-        self.stride = int(params.get("stride", 4))
-        self.fg_thresh = float(params.get("fg_thresh", 0.5))
-        self.use_seed = "seed" in names
-
-    @torch.jit.export
-    def segment(self, image: Tensor) -> tuple[Tensor, Tensor]:
-        """(labels (H, W) int64, scores (N,)) for one image (1, C, H, W)."""
-        out = self.forward(image)
-        thing: Tensor | None = None
-        if self.use_seed:
-            thing = out["seed"][0, 0] > self.fg_thresh
-        labels, scores, _ = center_offset_cluster(
-            out["center"][0],
-            out["offset"][0],
-            thing,
-            self.threshold,
-            self.nms_kernel,
-            self.top_k,
-            self.stride,
-        )
-        return labels, scores
 
 
 def _example(model: nn.Module, size: int | None) -> Tensor:
@@ -162,10 +82,66 @@ def output_names(model: nn.Module, example: Tensor) -> list[str]:
         return list(model(example).to_dict())
 
 
+def postprocessing_wrapper(
+    traced: torch.jit.ScriptModule,
+    names: list[str],
+    divisor: int,
+    method: str,
+    params: dict,
+    postprocessing: bool | None = None,
+) -> ScriptedNet:
+    """The scripted wrapper of a traced network: with the method's TorchScript exporter (from
+    the table :mod:`instembed.cluster.methods`) when it has one and the network has the
+    outputs it reads, else the network only.
+
+    Args:
+        postprocessing: None: post-processing when possible (else the network only, logged);
+            True: required (ValueError naming the methods that have an exporter, or the
+            missing outputs); False: the network only.
+    """
+    if postprocessing is False:
+        return ScriptedNet(traced, names, divisor)
+    exporter, reason = None, ""
+    try:
+        spec = get_method(method)
+    except ValueError as err:
+        reason = str(err)
+    else:
+        missing = [f for f in spec.fields if f not in names]
+        if spec.exporter is None:
+            reason = (
+                f"method {method!r} has no TorchScript post-processing; methods with one: "
+                f"{list(exportable_methods())}"
+            )
+        elif missing:
+            reason = (
+                f"method {method!r} needs the network outputs {missing}, which the model "
+                f"lacks (outputs: {names})"
+            )
+        else:
+            exporter = spec.exporter
+    if exporter is not None:
+        return exporter(traced, names, divisor, params)
+    if postprocessing:
+        raise ValueError(f"cannot export the post-processing: {reason}")
+    log.info("%s: exporting the network only", reason)
+    return ScriptedNet(traced, names, divisor)
+
+
 def export_torchscript(
-    model: nn.Module, cfg: Config, path: str | Path, example_size: int | None = None
+    model: nn.Module,
+    cfg: Config,
+    path: str | Path,
+    example_size: int | None = None,
+    postprocessing: bool | None = None,
 ) -> Path:
-    """Write a TorchScript file (see module docstring); returns its path."""
+    """Write a TorchScript file (see module docstring); returns its path.
+
+    ``postprocessing``: None (default) includes the configured method's post-processing when it
+    has a TorchScript exporter (:func:`instembed.cluster.methods.exportable_methods`), else
+    the file holds the network only; True requires it (ValueError listing the methods that
+    have one); False exports the network only.
+    """
     from instembed.engine.inference import model_facts
 
     model = model.eval()
@@ -175,14 +151,9 @@ def export_torchscript(
     with torch.no_grad(), _quiet_tracer():
         traced = torch.jit.trace(_TupleNet(model, names).eval(), example, check_trace=False)
     method, params = cfg.cluster.method, dict(cfg.cluster.params)
-    wrapper: ScriptedNet
-    if method == "seeded" and {"embedding", "seed", "sigma"} <= set(names):
-        wrapper = SeededExport(traced, names, facts["size_divisor"], params)
-    elif method == "center_offset" and {"center", "offset"} <= set(names):
-        wrapper = CenterOffsetExport(traced, names, facts["size_divisor"], params)
-    else:
-        log.info("clusterer %r is not TorchScript-compatible: exporting the network only", method)
-        wrapper = ScriptedNet(traced, names, facts["size_divisor"])
+    wrapper = postprocessing_wrapper(
+        traced, names, facts["size_divisor"], method, params, postprocessing
+    )
     scripted = torch.jit.script(wrapper)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
