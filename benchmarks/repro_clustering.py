@@ -43,8 +43,8 @@ def run_model(name: str, n_images: int | None) -> list[dict]:
     from instembed.cluster import cluster_embeddings
     from instembed.data.readers import open_dataset
     from instembed.data.splits import split_dataset
+    from instembed.engine.evaluation import Scorer
     from instembed.engine.predict import load_model
-    from instembed.metrics import InstanceEvaluator
 
     model, cfg = load_model(name)
     dataset = DATASETS[name]
@@ -69,7 +69,7 @@ def run_model(name: str, n_images: int | None) -> list[dict]:
     rows = []
     for label, (method, params) in methods.items():
         for fg_mode in ("predicted", "ground_truth"):
-            ev = InstanceEvaluator()
+            scorer = Scorer()
             t = 0.0
             for out, s in zip(outs, samples):
                 inst = s.instances
@@ -89,9 +89,8 @@ def run_model(name: str, n_images: int | None) -> list[dict]:
                     t0 = time.perf_counter()
                     res = cluster_embeddings(out, method, foreground=fg, **p)
                 t += time.perf_counter() - t0
-                scores = None if res.scores is None else res.scores.numpy()
-                ev.add(inst, res.labels.numpy(), scores=scores, ignore=s.ignore)
-            m = ev.summary()
+                scorer.add(s, res)
+            m = scorer.summary()
             row = {
                 "model": name,
                 "dataset": dataset,

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from instembed.cluster import cluster_embeddings
     from instembed.engine.config import config_from_dict, config_to_dict
-    from instembed.metrics import InstanceEvaluator
+    from instembed.engine.evaluation import Scorer
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true")
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     params = {k: v for k, v in cfg.cluster.params.items() if k != "foreground_classes"}
     rows = []
     for fg_mode in ("predicted", "ground_truth"):
-        ev = InstanceEvaluator()
+        scorer = Scorer()
         for out, s in zip(outs, val):
             inst = s.instances
             if fg_mode == "ground_truth":
@@ -91,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 fg = out.semantic[0].argmax(0) == 1
             res = cluster_embeddings(out.embedding, cfg.cluster.method, foreground=fg, **params)
-            ev.add(inst, res.labels.numpy(), scores=res.scores.numpy(), ignore=s.ignore)
-        m = ev.summary()
+            scorer.add(s, res)
+        m = scorer.summary()
         row = {
             "foreground": fg_mode,
             "SBD": float(m["SBD"]),

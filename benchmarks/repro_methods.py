@@ -38,7 +38,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from instembed.engine.tune import GRIDS, METRICS, evaluate_outputs, tune_thresholds  # noqa: E402
+from instembed.engine.evaluation import evaluate_outputs  # noqa: E402
+from instembed.engine.tune import GRIDS, METRICS, tune_thresholds  # noqa: E402
 from train_pretrained import (  # noqa: E402
     data_root,
     load_split,

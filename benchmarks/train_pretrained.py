@@ -44,8 +44,9 @@ from instembed.data.splits import SEED, VAL_FRACTION, split_dataset
 from instembed.engine import checkpoint as ck
 from instembed.engine.build import train_transform
 from instembed.engine.config import config_to_dict, config_to_yaml, load_config
+from instembed.engine.evaluation import evaluate_outputs
 from instembed.engine.trainer import Trainer
-from instembed.engine.tune import METRICS, evaluate_outputs, tune_thresholds
+from instembed.engine.tune import METRICS, tune_thresholds
 
 REPO = Path(__file__).resolve().parents[1]
 PRETRAINED = REPO / "src" / "instembed" / "pretrained"

@@ -122,3 +122,74 @@ def test_rng_state_round_trip_through_checkpoint(tmp_path):
     assert torch.equal(expected[0], got[0])
     assert np.array_equal(expected[1], got[1])
     assert expected[2] == got[2]
+
+
+class _Arbitrary:
+    """Any class: unpickling it would run the class's code, so weights_only refuses it."""
+
+    def __init__(self):
+        self.value = 3
+
+
+def _assert_own_message(err, path):
+    msg = str(err)
+    assert str(path) in msg and "\n" not in msg
+    # torch's advice (re-run with weights_only=False, allow-list globals) is never shown
+    for advice in ("weights_only", "Weights only", "safe_globals", "add_safe_globals"):
+        assert advice not in msg, msg
+
+
+def test_pickled_arbitrary_class_gives_instembeds_own_message(tmp_path):
+    path = tmp_path / "foreign.pt"
+    torch.save({"format": ck.FORMAT, "model": {}, "config": "", "step": 0, "x": _Arbitrary()}, path)
+    with pytest.raises(ck.CheckpointError) as info:
+        ck.load_checkpoint(path)
+    _assert_own_message(info.value, path)
+    assert "_Arbitrary" in str(info.value)  # names what was refused
+
+    import pickle
+
+    plain = tmp_path / "plain.pkl"  # a plain pickle, not a torch file at all
+    plain.write_bytes(pickle.dumps({"a": _Arbitrary()}, protocol=4))
+    with pytest.raises(ck.CheckpointError) as info:
+        ck.load_checkpoint(plain)
+    _assert_own_message(info.value, plain)
+
+
+def test_truncated_checkpoint_gives_instembeds_own_message(tmp_path):
+    good = ck.save_checkpoint(
+        tmp_path / "last.pt", model_state=_net().state_dict(), config_yaml="", step=1
+    )
+    data = good.read_bytes()
+    for name, cut in (("half.pt", len(data) // 2), ("empty.pt", 0), ("tail.pt", len(data) - 10)):
+        bad = tmp_path / name
+        bad.write_bytes(data[:cut])
+        with pytest.raises(ck.CheckpointError) as info:
+            ck.load_checkpoint(bad)
+        _assert_own_message(info.value, bad)
+        reason = str(info.value).replace(str(bad), "")
+        assert "truncated or corrupt" in reason and "miniz" not in reason  # our words
+
+
+def test_cli_shows_one_line_for_a_foreign_checkpoint(tmp_path, capsys):
+    from instembed.cli import main
+
+    path = tmp_path / "foreign.pt"
+    torch.save({"x": _Arbitrary()}, path)
+    img = tmp_path / "img.png"
+    from instembed.data.io import write_image
+
+    write_image(img, np.zeros((1, 16, 16), np.float32))
+    args = [
+        "predict",
+        str(img),
+        "--model",
+        str(path),
+        "--out",
+        str(tmp_path / "o"),
+        "--device",
+        "cpu",
+    ]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and str(path) in err and "weights_only" not in err

@@ -123,8 +123,11 @@ def test_too_small_overlap_splits_objects_on_tile_borders():
     # embeddings of pixels near tile borders move (by up to a few pixels * 0.1) ...
     diff = (tiled.outputs(img).embedding - full.outputs(img).embedding).abs().max()
     assert diff > 0.05
-    # ... and the instances are no longer exactly the ground truth
-    assert adjusted_rand_index(labels, tiled(img).labels) < 1 - 1e-6
+    # ... and block-wise instances without network context or halo are no longer exactly the
+    # ground truth (with the default halo the block's region gives the network enough context)
+    bare = _predictor(WindowCentroidNet(), tile=48, overlap=0, halo=0)
+    assert adjusted_rand_index(labels, bare(img).labels) < 1 - 1e-6
+    assert adjusted_rand_index(labels, tiled(img).labels) == pytest.approx(1.0)
 
 
 # --------------------------------------------------------------------------- checkpoints / CLI

@@ -13,7 +13,8 @@ import torch
 
 from instembed.engine import checkpoint as ck
 from instembed.engine.config import config_from_dict, load_config
-from instembed.engine.trainer import LAST, NonFiniteLossError, Trainer, lr_factor
+from instembed.engine.optim import lr_factor
+from instembed.engine.trainer import LAST, NonFiniteLossError, Trainer
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -277,7 +278,7 @@ def test_torchrun_two_processes_gloo_identical_weights(tmp_path):
         moved |= not torch.equal(w0[k], init[k])
     assert moved
     # metrics gathered over ranks == one process validating the same weights on all images
-    from instembed.engine.trainer import validate
+    from instembed.engine.evaluation import validate
 
     model = Trainer(cfg, tmp_path / "fresh2").model
     model.load_state_dict(saved)
@@ -293,7 +294,7 @@ def test_torchrun_two_processes_gloo_identical_weights(tmp_path):
 def test_validation_with_tuned_thresholds_is_the_best_of_the_grid(tmp_path):
     import dataclasses
 
-    from instembed.engine.trainer import validate
+    from instembed.engine.evaluation import validate
     from instembed.engine.tune import GRIDS
 
     cfg = tiny_config(steps=60, ckpt_every=0, val_tune=True)

@@ -112,8 +112,8 @@ def test_instance_records_and_coco_results_of_a_mask_stack():
     # mask 2 is empty -> skipped
     recs = W.instance_records(masks, scores=np.array([0.9, 0.5, 0.2]))
     assert recs == [
-        {"id": 1, "score": 0.9, "class": 1, "area": 6, "bbox": [2, 1, 3, 2]},
-        {"id": 2, "score": 0.5, "class": 1, "area": 4, "bbox": [4, 2, 1, 4]},
+        {"id": 1, "score": 0.9, "area": 6, "bbox": [2, 1, 3, 2]},
+        {"id": 2, "score": 0.5, "area": 4, "bbox": [4, 2, 1, 4]},
     ]
     res = W.coco_result_records(3, masks, np.array([0.9, 0.5, 0.2]))
     assert [r["area"] for r in res] == [6, 4]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from instembed.commands._options import add_threads_argument, show_defaults
+
 HELP = "export a model to TorchScript (with post-processing where possible) or ONNX"
 DESCRIPTION = """Export a checkpoint, run folder or pretrained model. TorchScript: the network
 (any input size) and, for the seeded and center_offset clusterers, the clustering too
@@ -11,20 +13,27 @@ size_divisor, stored in the file's metadata)."""
 
 
 def add_arguments(parser) -> None:
+    show_defaults(parser)
     parser.add_argument(
         "--model", required=True, help="checkpoint .pt, run folder, or pretrained name"
     )
     parser.add_argument("--format", required=True, choices=("torchscript", "onnx"))
     parser.add_argument("--out", required=True, help="output file")
     parser.add_argument(
-        "--example-size", type=int, default=None, help="side of the example input used to trace"
+        "--example-size",
+        type=int,
+        default=None,
+        help="side of the example input used to trace (default: from the model)",
     )
+    add_threads_argument(parser)
 
 
 def run(args) -> int:
+    from instembed.commands._options import apply_threads
     from instembed.engine.export import export_onnx, export_torchscript
     from instembed.engine.predict import load_model
 
+    apply_threads(args.threads)
     model, cfg = load_model(args.model, "cpu")
     if args.format == "torchscript":
         path = export_torchscript(model, cfg, args.out, args.example_size)

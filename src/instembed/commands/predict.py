@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from instembed.commands._options import add_threads_argument, show_defaults
+
 HELP = "segment images with a trained or pretrained model (tiling, TTA, label/JSON/overlay/COCO writers)"
 DESCRIPTION = """Segment images (files or folders) with a model: a checkpoint written by
 `instembed train`, a run folder, or the name of a shipped pretrained model. Writes, per image,
@@ -12,6 +14,7 @@ exit code is then 1."""
 
 
 def add_arguments(parser) -> None:
+    show_defaults(parser)
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
     parser.add_argument(
         "--model", required=True, help="checkpoint .pt, run folder, or pretrained name"
@@ -28,7 +31,15 @@ def add_arguments(parser) -> None:
         "--tta", action="store_true", help="test-time augmentation (8 flips/rotations)"
     )
     parser.add_argument("--batch", type=int, default=1, help="tiles per forward pass")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    parser.add_argument(
+        "--channel",
+        type=int,
+        default=None,
+        metavar="N",
+        help="use channel N (0-based) of multi-channel images instead of averaging them to gray "
+        "(default: average for a 1-channel model)",
+    )
     parser.add_argument("--format", choices=("tif", "png"), default="tif", help="label file type")
     parser.add_argument("--no-overlay", action="store_true", help="do not write overlay PNGs")
     parser.add_argument(
@@ -47,6 +58,13 @@ def add_arguments(parser) -> None:
         help="override the clusterer: method=NAME and/or parameters, e.g. method=meanshift bandwidth=0.5",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing output files and allow --out to be a folder holding input images "
+        "(an input image itself is never replaced)",
+    )
+    add_threads_argument(parser)
 
 
 def _cluster_config(base, items: list[str]):
@@ -73,11 +91,17 @@ def run(args) -> int:
 
     import numpy as np
 
+    from instembed.commands._options import apply_threads, check_threads
     from instembed.data.io import load_image
     from instembed.engine import writers as W
+    from instembed.engine.distributed import resolve_device
+    from instembed.engine.outputs import check_outputs, output_names, planned_files
     from instembed.engine.predict import Predictor, WriteOptions, expand_inputs, write_prediction
-    from instembed.engine.trainer import resolve_device
 
+    check_threads(args.threads)
+    device = resolve_device(args.device, key="--device")  # a bad device: before any work
+    if args.channel is not None and args.channel < 0:
+        raise ValueError(f"--channel must be >= 0, got {args.channel}")
     if args.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
     if args.tile is not None and args.tile < 16:
@@ -89,7 +113,18 @@ def run(args) -> int:
         for item, why in bad:
             print(f"instembed predict: {item}: {why}", file=sys.stderr)
         return 1
-    device = resolve_device(args.device)
+    out = Path(args.out)
+    names = output_names(files)
+    planned = planned_files(
+        out,
+        names,
+        labels_format=args.format,
+        overlay=not args.no_overlay,
+        panoptic=args.panoptic,
+        coco=None if args.coco is None else Path(args.coco),
+    )
+    check_outputs(files, planned, out, overwrite=args.overwrite)  # before any work
+    apply_threads(args.threads)
     predictor = Predictor.from_spec(
         args.model,
         device=device,
@@ -100,7 +135,6 @@ def run(args) -> int:
     )
     predictor.cluster = _cluster_config(predictor.cluster, args.cluster)
     normalize = predictor.cfg.data.reader_params.get("normalize", "percentile")
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     opts = WriteOptions(labels_format=args.format, overlay=not args.no_overlay)
     coco_records: list[dict] = []
@@ -113,16 +147,19 @@ def run(args) -> int:
 
         iterator = tqdm(files, desc="predict", unit="image")
     n_done, n_inst = 0, 0
+    stem_of = dict(zip(files, names))
     for image_id, path in enumerate(iterator, start=1):
         try:
-            image, _ = load_image(path, normalize, channels=predictor.in_channels)
+            image, _ = load_image(
+                path, normalize, channels=predictor.in_channels, channel=args.channel
+            )
         except (ValueError, OSError) as err:  # ImageReadError is a ValueError
             msg = str(err) if str(path) in str(err) else f"{path}: {err}"
             print(f"instembed predict: skipped {msg}", file=sys.stderr)
             bad.append((str(path), str(err)))
             continue
         pred = predictor(image)
-        stem = path.stem
+        stem = stem_of[path]
         write_prediction(out, stem, image, pred, opts)
         n_done += 1
         n_inst += pred.num_instances

@@ -27,11 +27,18 @@ Kind parameters go with --param NAME=VALUE (VALUE parsed as JSON, e.g. --param r
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = DESCRIPTION
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    from instembed.commands.data import HelpFormatter
+
+    parser.formatter_class = HelpFormatter  # keeps the description, shows every default
     parser.add_argument("kind", help="dot_grid, touching_cells, leaf_rosettes, worms or street")
     parser.add_argument("--n", type=int, default=16, help="number of images (default 16)")
     parser.add_argument(
-        "--size", type=int, nargs=2, default=(96, 96), metavar=("H", "W"), help="image size"
+        "--size",
+        type=int,
+        nargs=2,
+        default=(96, 96),
+        metavar=("H", "W"),
+        help="image size (default: 96 96)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
@@ -40,7 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="a generator parameter (repeatable), VALUE as JSON",
+        help="a generator parameter (repeatable), VALUE as JSON (default: none, the kind's "
+        "own defaults, docs/data.md)",
     )
 
 

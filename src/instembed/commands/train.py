@@ -1,16 +1,23 @@
-"""``instembed train CONFIG [key=value ...] [--out RUN] [--resume]``."""
+"""``instembed train CONFIG [key=value ...] [--out RUN] [--resume | --overwrite]``."""
 
 from __future__ import annotations
+
+from instembed.commands._options import add_threads_argument, show_defaults
 
 HELP = "train a model from a YAML config (resumable; torchrun for multi-GPU)"
 DESCRIPTION = """Train the model of a YAML config. Overrides are dotted key=value pairs parsed as
 YAML, e.g. optim.lr=3e-4 data.crop=[128,128] run.steps=2000. Writes RUN/config.yaml, RUN/last.pt,
-RUN/best.pt, RUN/train_log.csv, RUN/val_log.csv and TensorBoard logs in RUN/tb. Multi-GPU or
-multi-node: torchrun --nproc_per_node N -m instembed train CONFIG ... (gloo on CPU).
-Exit codes: 0 done, 3 non-finite loss, 130 interrupted (a final checkpoint is written)."""
+RUN/best.pt, RUN/train_log.csv, RUN/val_log.csv, RUN/run.log and TensorBoard logs in RUN/tb.
+A RUN folder that already holds a run is refused unless --resume (continue it) or --overwrite
+(delete its checkpoints and logs when training starts, then start over) is given. A run that
+fails before its first checkpoint leaves no half-made files behind.
+Multi-GPU or multi-node: torchrun --nproc_per_node N -m instembed train CONFIG ... (gloo on CPU).
+Exit codes: 0 done, 2 usage / config error, 3 non-finite loss, 130 interrupted (a final
+checkpoint is written)."""
 
 
 def add_arguments(parser) -> None:
+    show_defaults(parser)
     parser.add_argument("config", help="YAML config file (see configs/)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     parser.add_argument("--out", default=None, help="run folder (default: runs/<config name>)")
@@ -19,28 +26,73 @@ def add_arguments(parser) -> None:
         action="store_true",
         help="continue from RUN/last.pt (exact: same step, optimizer, RNG)",
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over in a RUN folder that holds a run: its checkpoints and logs are deleted "
+        "when training starts",
+    )
     parser.add_argument("--steps", type=int, default=None, help="shorthand for run.steps=N")
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="shorthand for run.device=D: auto | cpu | cuda | cuda:N | mps",
+    )
+    parser.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="skip bad items of a data folder with a warning instead of failing "
+        "(shorthand for data.reader_params.skip_bad=true)",
+    )
+    add_threads_argument(parser, why="--threads 1 is often fastest on a busy machine")
 
 
 def run(args) -> int:
     import sys
     from pathlib import Path
 
+    from instembed.commands._options import apply_threads, check_threads
     from instembed.engine.config import load_config
-    from instembed.engine.trainer import NonFiniteLossError, Trainer
+    from instembed.engine.distributed import check_device_spec
+    from instembed.engine.trainer import (
+        NO_VALIDATION,
+        NonFiniteLossError,
+        Trainer,
+        check_run_folder,
+        existing_run_files,
+    )
 
+    check_threads(args.threads)
     overrides = list(args.overrides)
     if args.steps is not None:
         overrides.append(f"run.steps={args.steps}")
-    cfg = load_config(args.config, overrides)  # rejects bad keys / types before any work
+    if args.device is not None:
+        overrides.append(f"run.device={args.device}")
+    if args.skip_bad:
+        overrides.append("data.reader_params.skip_bad=true")
+    cfg = load_config(args.config, overrides)  # rejects bad keys / types / values before any work
+    check_device_spec(cfg.run.device)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
-    if args.resume and not (out / "last.pt").is_file():
-        raise FileNotFoundError(f"--resume: no checkpoint to resume from at {out / 'last.pt'}")
+    check_run_folder(out, resume=args.resume, overwrite=args.overwrite)
+    old = existing_run_files(out) if args.overwrite else []
+    if old:
+        print(
+            f"instembed train: --overwrite: the earlier run's {', '.join(old)} in {out} are "
+            "deleted when training starts",
+            file=sys.stderr,
+        )
+    apply_threads(args.threads)
     trainer = Trainer(cfg, out, resume=args.resume)
     try:
         result = trainer.fit()
     except NonFiniteLossError as err:
         print(f"instembed train: stopped: {err}", file=sys.stderr)
+        if err.last_checkpoint is None:
+            print(
+                "instembed train: no checkpoint had been written; the run's half-made files "
+                f"were removed from {out}",
+                file=sys.stderr,
+            )
         return 3
     finally:
         trainer.close()
@@ -52,8 +104,11 @@ def run(args) -> int:
             f"{result.status} at step {result.step}; checkpoints in {out}"
             + (f"; {metrics}" if metrics else "")
         )
-        if result.best:
+        if result.no_validation:
+            print(f"instembed train: warning: {NO_VALIDATION}", file=sys.stderr)
+        elif result.best:
             print(
-                f"best {result.best['metric']}={result.best['value']:.4f} at step {result.best['step']}: {out / 'best.pt'}"
+                f"best {result.best['metric']}={result.best['value']:.4f} at step "
+                f"{result.best['step']}: {out / 'best.pt'}"
             )
     return 130 if result.status == "interrupted" else 0

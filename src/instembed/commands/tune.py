@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from instembed.commands._options import add_threads_argument, show_defaults
+
 HELP = "tune a model's clustering thresholds on annotated images (grid search, like StarDist's optimize_thresholds)"
 DESCRIPTION = """Run a model once over annotated images (any layout the data readers know), then
 cluster its outputs with every setting of a small grid of thresholds (seeded: fg / seed / kernel
@@ -13,6 +15,7 @@ Tune on validation images, never on the images you report."""
 
 
 def add_arguments(parser) -> None:
+    show_defaults(parser)
     parser.add_argument(
         "--model", required=True, help="checkpoint .pt, run folder, or pretrained name"
     )
@@ -36,7 +39,13 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--out", default=None, help="write the tuned checkpoint here (.pt)")
     parser.add_argument("--json", dest="json_out", default=None, help="write every row here")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    parser.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="skip bad items of the data set with a warning instead of failing",
+    )
+    add_threads_argument(parser)
 
 
 def _grid(items: list[str]) -> dict[str, list] | None:
@@ -60,21 +69,28 @@ def run(args) -> int:
     import json
     from pathlib import Path
 
+    from instembed.commands._options import apply_threads, check_threads
     from instembed.data.readers import open_dataset
     from instembed.engine import checkpoint as ck
     from instembed.engine.config import config_to_yaml
+    from instembed.engine.distributed import resolve_device
     from instembed.engine.predict import Predictor, resolve_model
-    from instembed.engine.trainer import resolve_device
     from instembed.engine.tune import METRICS, tune_thresholds
 
+    check_threads(args.threads)
+    device = resolve_device(args.device, key="--device")  # a bad device: before any work
     if args.max_images is not None and args.max_images < 1:
         raise ValueError(f"--max-images must be >= 1, got {args.max_images}")
     if args.out is not None and not str(args.out).endswith(".pt"):
         raise ValueError(f"--out must name a .pt file, got {args.out!r}")
     grid = _grid(args.grid)
-    predictor = Predictor.from_spec(args.model, device=resolve_device(args.device))
+    apply_threads(args.threads)
+    predictor = Predictor.from_spec(args.model, device=device)
     cfg = predictor.cfg
-    reader = open_dataset(args.data, format=args.format, **cfg.data.reader_params)
+    reader_params = dict(cfg.data.reader_params)
+    if args.skip_bad:
+        reader_params["skip_bad"] = True
+    reader = open_dataset(args.data, format=args.format, **reader_params)
     if args.split:
         from instembed.data.splits import split_dataset
 

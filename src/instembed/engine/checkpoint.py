@@ -25,7 +25,10 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import random
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -129,10 +132,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": our message says it
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except OSError:  # permissions, I/O errors: the OS message names the file
+        raise
     except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad checkpoint
         raise CheckpointError(
-            f"{path}: not a loadable checkpoint ({type(err).__name__}: {err})"
+            f"{path}: not a loadable checkpoint: {_why_unloadable(err)}"
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         got = state.get("format") if isinstance(state, dict) else type(state).__name__
@@ -141,6 +148,26 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         if key not in state:
             raise CheckpointError(f"{path}: checkpoint has no {key!r} entry")
     return state
+
+
+def _why_unloadable(err: Exception) -> str:
+    """instembed's own reason for a failed ``torch.load(weights_only=True)``: never torch's text,
+    whose advice (``weights_only=False``, allow-listing globals) would run arbitrary code."""
+    text = str(err)
+    if isinstance(err, pickle.UnpicklingError) or "weights only load failed" in text.lower():
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        what = f"a pickled Python object ({found.group(1)})" if found else "pickled Python objects"
+        return (
+            f"it holds {what}, and instembed reads only tensors, numbers, strings, lists and "
+            "dicts from a checkpoint, for safety (it was not written by instembed, or was "
+            "modified since)"
+        )
+    if isinstance(err, EOFError) or "zip archive" in text or "central directory" in text:
+        return "the file is empty, truncated or corrupt (e.g. an interrupted copy or download)"
+    first = text.splitlines()[0].strip() if text.strip() else ""
+    if not first or "weights_only" in first or "weights only" in first.lower():
+        return f"unreadable file ({type(err).__name__})"
+    return f"unreadable file ({type(err).__name__}: {first[:200]})"
 
 
 def check_compatible(

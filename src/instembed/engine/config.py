@@ -9,8 +9,9 @@ A config file is a YAML mapping with up to six sections, each filling one datacl
     optim:   OptimConfig    optimizer, schedule, clipping, mixed precision
     run:     RunConfig      steps, seed, validation / checkpoint cadence, logging
 
-Unknown keys and values of the wrong type are rejected with a :class:`ConfigError` naming the
-dotted key (``optim.lr: expected float, got str 'fast'``) before any work starts. Free-form
+Unknown keys, values of the wrong type and out-of-range values (:data:`MINIMUM`, :data:`CHOICES`)
+are rejected with a :class:`ConfigError` naming the dotted key (``optim.lr: expected float, got
+str 'fast'``, ``run.steps: expected >= 1, got -5``) before any work starts. Free-form
 component arguments go under ``params`` (a plain mapping passed through as ``**kwargs``).
 
 Overrides are ``dotted.key=value`` strings whose value is parsed as YAML (``optim.lr=3e-4``,
@@ -167,6 +168,20 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "run.best_mode": ("max", "min"),
 }
 
+# smallest allowed value of numeric keys (None values of optional keys are not checked)
+MINIMUM: dict[str, int | float] = {
+    "run.steps": 1,
+    "run.val_every": 0,
+    "run.ckpt_every": 0,
+    "run.log_every": 0,
+    "run.max_val_images": 1,
+    "data.batch_size": 1,
+    "data.num_workers": 0,
+    "data.n_train": 0,
+    "data.n_val": 0,
+    "optim.warmup_steps": 0,
+}
+
 
 # --------------------------------------------------------------------------- type checking
 def _type_name(tp: Any) -> str:
@@ -250,6 +265,8 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
                 raise ConfigError(
                     f"{key}: expected one of {list(CHOICES[key])}, got {kwargs[name]!r}"
                 )
+            if key in MINIMUM and kwargs[name] is not None and kwargs[name] < MINIMUM[key]:
+                raise ConfigError(f"{key}: expected >= {MINIMUM[key]}, got {kwargs[name]!r}")
     return cls(**kwargs)
 
 

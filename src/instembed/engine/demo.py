@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from instembed.engine.config import Config, config_from_dict
+from instembed.structures import Instances
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +101,11 @@ def _instance_scores(emb: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
 def evaluate_model(model, samples) -> tuple[dict[str, float], list[np.ndarray], list[np.ndarray]]:
     """ARI (foreground pixels) and COCO AP of k-means-with-true-K clustering on ``samples``."""
     from instembed.cluster.kmeans import kmeans_cluster
-    from instembed.metrics import InstanceEvaluator, adjusted_rand_index
+    from instembed.engine.evaluation import score
+    from instembed.metrics import adjusted_rand_index
 
     model.eval()
-    ev = InstanceEvaluator()
-    aris, embs, preds = [], [], []
+    aris, embs, preds, found = [], [], [], []
     for s in samples:
         x = torch.from_numpy(s.image)[None]
         emb = model(x).embedding[0]  # (E, H, W)
@@ -115,10 +116,10 @@ def evaluate_model(model, samples) -> tuple[dict[str, float], list[np.ndarray], 
         pred = labels.numpy().astype(np.int32)
         e = emb.numpy()
         aris.append(adjusted_rand_index(gt, pred, mask=gt > 0))
-        ev.add(gt, pred, scores=_instance_scores(e, pred, int(pred.max())))
+        found.append(Instances(labels=pred, scores=_instance_scores(e, pred, int(pred.max()))))
         embs.append(e)
         preds.append(pred)
-    summary = ev.summary()
+    summary = score(samples, found)
     metrics = {
         "ARI": float(np.mean(aris)),
         "AP": float(summary["AP"]),

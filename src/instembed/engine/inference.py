@@ -67,7 +67,7 @@ def measured_receptive_field(model: nn.Module, size: int = 257, channels: int | 
     x = torch.randn(1, channels, size, size, generator=gen).to(device).requires_grad_(True)
     was = model.training
     model.eval()
-    out = model(x)
+    out = _dense_only(model(x), "tiling (--tile)")
     total = sum(t[..., size // 2, size // 2].sum() for t in out.to_dict().values())
     (grad,) = torch.autograd.grad(total, x)
     model.train(was)

@@ -26,9 +26,16 @@ import torch
 from torch import nn
 
 from instembed.engine import checkpoint as ck
+from instembed.engine.blockwise import (
+    DEFAULT_HALO,
+    auto_block,
+    n_blocks,
+    network_regions,
+    segment_blockwise,
+)
 from instembed.engine.build import build_model_from_config, cluster_outputs
 from instembed.engine.config import ClusterConfig, Config, config_from_yaml
-from instembed.engine.inference import infer
+from instembed.engine.inference import default_overlap, infer, model_facts, tta_forward
 from instembed.structures import Instances, Outputs
 
 log = logging.getLogger(__name__)
@@ -115,10 +122,26 @@ def instances_from_outputs(outputs: Outputs, cluster: ClusterConfig) -> Instance
     return res
 
 
+def _plain(model: nn.Module, x: torch.Tensor, origin: torch.Tensor) -> Outputs:
+    return model(x, coords_origin=origin)
+
+
+def _tta(model: nn.Module, x: torch.Tensor, origin: torch.Tensor) -> Outputs:
+    return tta_forward(model, x, origin)
+
+
 class Predictor:
     """Model + post-processing + inference options; ``predictor(image) -> Instances`` (numpy).
 
     ``image`` (C, H, W) float32 numpy array or tensor, normalised like the training data.
+
+    Images up to ``AUTO_BLOCK_SIDE`` pixels a side run whole; larger ones, and every image when
+    ``tile`` is given, are segmented block by block (:mod:`instembed.engine.blockwise`):
+    ``tile`` is the block (core) size, ``halo`` the margin each block is clustered with (at least
+    the radius of the largest object), ``overlap`` twice the network context around each region
+    (default: the model's receptive field). Memory then grows with the block, not the image.
+    ``outputs(image)`` still gives the whole image's network outputs (tiled and stitched when
+    ``tile`` is given).
     """
 
     def __init__(
@@ -132,12 +155,14 @@ class Predictor:
         tta: bool = False,
         batch: int = 1,
         cluster: ClusterConfig | None = None,
+        halo: int | None = None,
     ) -> None:
         self.model = model.to(device).eval()
         self.cfg = cfg
         self.cluster = cluster or cfg.cluster
         self.device = torch.device(device)
         self.tile, self.overlap, self.tta, self.batch = tile, overlap, tta, max(1, batch)
+        self.halo = DEFAULT_HALO if halo is None else int(halo)
         self.in_channels = int(getattr(model, "in_channels", cfg.model.in_channels))
 
     @classmethod
@@ -148,6 +173,13 @@ class Predictor:
     @torch.no_grad()
     def outputs(self, image) -> Outputs:
         """Network outputs (batch dim 1, on CPU, float32) for one image (C, H, W)."""
+        x = self._tensor(image)
+        out = infer(
+            self.model, x, tile=self.tile, overlap=self.overlap, tta=self.tta, batch=self.batch
+        )
+        return out.map(lambda t: t.float().cpu())
+
+    def _tensor(self, image) -> torch.Tensor:
         x = torch.as_tensor(
             np.ascontiguousarray(image, np.float32)
             if not isinstance(image, torch.Tensor)
@@ -157,37 +189,54 @@ class Predictor:
             raise ValueError(
                 f"image must be ({self.in_channels}, H, W) for this model, got shape {tuple(x.shape)}"
             )
-        x = x.to(self.device, torch.float32)
-        out = infer(
-            self.model, x, tile=self.tile, overlap=self.overlap, tta=self.tta, batch=self.batch
-        )
-        return out.map(lambda t: t.float().cpu())
+        return x.to(self.device, torch.float32)
 
-    def __call__(self, image) -> Instances:
+    def __call__(self, image, progress=None) -> Instances:
+        """Instances of one image; ``progress(done, total)`` is called after each block."""
         import time
 
         t0 = time.perf_counter()
-        out = self.outputs(image)
-        t1 = time.perf_counter()
-        pred = instances_from_outputs(out, self.cluster)
-        pred.meta["timing"] = {"network_s": t1 - t0, "cluster_s": time.perf_counter() - t1}
+        size = tuple(int(v) for v in image.shape[-2:])
+        block = auto_block(size, self.tile)
+        if block is None:
+            out = self.outputs(image)
+            t1 = time.perf_counter()
+            pred = instances_from_outputs(out, self.cluster)
+            pred.meta["timing"] = {"network_s": t1 - t0, "cluster_s": time.perf_counter() - t1}
+            return pred
+        facts = model_facts(self.model)
+        overlap = default_overlap(self.model) if self.overlap is None else int(self.overlap)
+        forward = _tta if self.tta else _plain
+        regions = network_regions(
+            self.model, self._tensor(image), forward, overlap // 2, facts["size_divisor"]
+        )
+        pred = segment_blockwise(
+            regions,
+            size,
+            lambda out: instances_from_outputs(out, self.cluster),
+            block=block,
+            halo=self.halo,
+            progress=progress,
+        )
+        pred.meta["timing"] = {"total_s": time.perf_counter() - t0}
+        pred.meta["blocks"] = n_blocks(size, block)
         return pred
 
 
 # --------------------------------------------------------------------------- inputs / outputs
 def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
     """Image files from files and folders (non-recursive, sorted); also (input, problem) pairs
-    for inputs that do not exist or hold no images."""
-    from instembed.data.io import IMAGE_SUFFIXES
+    for inputs that do not exist or hold no images. In folders, hidden files (names starting
+    with ``.``: macOS ``._*`` AppleDouble files, ``.DS_Store``) are skipped; a file named
+    explicitly is kept."""
+    from instembed.data.io import IMAGE_SUFFIXES, image_files
 
     files: list[Path] = []
     bad: list[tuple[str, str]] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(
-                f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
-            )
+            found = image_files(p)
             if not found:
                 bad.append((item, f"folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})"))
             files.extend(found)
@@ -209,11 +258,12 @@ class WriteOptions:
 def write_prediction(
     out_dir: Path, stem: str, image: np.ndarray, pred: Instances, opts: WriteOptions
 ) -> list[Path]:
-    """Write the per-image files of one prediction; returns the paths written."""
+    """Write the per-image files of one prediction; returns the paths written. ``stem`` may be
+    a relative path (``plate1/A01``, see :mod:`instembed.engine.outputs`)."""
     from instembed.data.io import write_labels
     from instembed.engine import writers as W
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / stem).parent.mkdir(parents=True, exist_ok=True)
     if pred.masks is not None and opts.labels_format != "tif":
         raise ValueError(
             f"{stem}: overlapping masks (cluster overlap_thresh) are written as a (N, H, W) "

@@ -10,7 +10,8 @@ Read top to bottom, :meth:`Trainer.fit` is::
         backward, clip, optimizer step, LR schedule step
         log (progress bar, CSV, TensorBoard); validate; checkpoint
 
-Determinism and exact resume. Batches come from :class:`StepSampler`: epoch ``e`` is a
+Determinism and exact resume. Batches come from :class:`~instembed.engine.sampling.StepSampler`
+(:mod:`instembed.engine.sampling`): epoch ``e`` is a
 :class:`~torch.utils.data.DistributedSampler` permutation seeded with ``(run.seed, e)``, and item
 ``k`` of the stream gets its own augmentation seed derived from ``(run.seed, k)``; so the data of
 step ``s`` depend only on the seed and ``s``. Checkpoints store model, optimizer, scheduler,
@@ -19,48 +20,120 @@ AMP-scaler and global RNG states and the step, so ``--resume`` continues bit-exa
 Distributed. Under ``torchrun`` (``WORLD_SIZE > 1``) the process group is initialised with NCCL
 on CUDA and gloo on CPU, the model is wrapped in ``DistributedDataParallel``, each rank reads its
 own share of every epoch, rank 0 alone logs and writes checkpoints, the loss is averaged over
-ranks for logging and the validation accumulators of all ranks are gathered on rank 0.
+ranks for logging and the validation results of all ranks are gathered on every rank
+(:mod:`instembed.engine.distributed`).
 
 Faults. Ctrl-C (SIGINT) or SIGTERM: the current step finishes and a final checkpoint is written.
 Non-finite loss: :class:`NonFiniteLossError` with the step and every loss term; the last
 checkpoint on disk (written before the fault) is left as it is. Checkpoints are atomic
 (:mod:`instembed.engine.checkpoint`), so a SIGKILL at any moment leaves a loadable ``last.pt``.
+A run that fails before its first checkpoint deletes the files it wrote (:class:`Trainer` lists
+the run-folder rules: fresh start, resume without duplicate log rows, no half-made runs).
+
+The pieces the loop uses live next to it: :mod:`~instembed.engine.distributed` (process group,
+device), :mod:`~instembed.engine.sampling` (data order, seeds), :mod:`~instembed.engine.optim`
+(optimizer, LR schedule), :mod:`~instembed.engine.logs` (CSV, TensorBoard, signals) and
+:mod:`~instembed.engine.evaluation` (:func:`~instembed.engine.evaluation.validate`).
 """
 
 from __future__ import annotations
 
-import csv
-import dataclasses
-import hashlib
 import logging
 import math
-import os
-import random
-import signal
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
+from instembed.data.dataset import image_targets
 from instembed.engine import checkpoint as ck
 from instembed.engine.build import (
     build_datasets,
     build_loss_from_config,
     build_model_from_config,
-    cluster_outputs,
 )
 from instembed.engine.config import Config, config_from_yaml, config_to_yaml, save_config
+from instembed.engine.distributed import (
+    any_rank,
+    broadcast_buffers,
+    check_device_spec,
+    destroy,
+    init_distributed,
+    resolve_device,
+)
+from instembed.engine.evaluation import validate
+from instembed.engine.logs import CsvLog, open_tensorboard, run_log_file, stop_on_signals
+from instembed.engine.optim import build_optimizer, build_scheduler
+from instembed.engine.sampling import SeededItems, StepSampler, seed_everything
 
 log = logging.getLogger(__name__)
 
 LAST = "last.pt"
 BEST = "best.pt"
+#: what a run writes into its folder; a folder holding any of them "holds a run"
+RUN_FILES = (
+    LAST,
+    BEST,
+    "config.yaml",
+    "train_log.csv",
+    "val_log.csv",
+    "run.log",
+    "tb",
+)
+NO_VALIDATION = (
+    "no validation images (the data split left none): best.pt is not selected by validation, "
+    "it is a copy of the last checkpoint's weights"
+)
+
+
+def existing_run_files(out: str | Path) -> list[str]:
+    """The names of :data:`RUN_FILES` present in ``out`` (empty when it holds no run)."""
+    out = Path(out)
+    return [name for name in RUN_FILES if (out / name).exists()] if out.is_dir() else []
+
+
+def check_run_folder(out: str | Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse (one-line ``ValueError`` / ``FileNotFoundError``) to start a run in ``out`` that
+    would destroy another: ``out`` already holding a run needs ``resume`` (continue it from
+    ``last.pt``) or ``overwrite`` (start over: its run files are deleted when training starts)."""
+    out = Path(out)
+    if resume and overwrite:
+        raise ValueError(
+            "--resume and --overwrite exclude each other: continue the run or start over"
+        )
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out}: exists and is not a folder")
+    if resume:
+        if not (out / LAST).is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint to resume from at {out / LAST}")
+        return
+    found = existing_run_files(out)
+    if found and not overwrite:
+        raise ValueError(
+            f"{out} already holds a run ({', '.join(found)}): pass --resume to continue it, "
+            f"or --overwrite to start over (deletes its checkpoints and logs), or choose "
+            f"another --out"
+        )
+
+
+def clear_run_files(out: str | Path) -> list[str]:
+    """Delete the :data:`RUN_FILES` of ``out`` (other files are left alone); returns their names."""
+    import shutil
+
+    out = Path(out)
+    found = existing_run_files(out)
+    for name in found:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    return found
 
 
 class NonFiniteLossError(RuntimeError):
@@ -73,310 +146,6 @@ class NonFiniteLossError(RuntimeError):
         super().__init__(f"non-finite loss at step {step}: {shown}{kept}")
 
 
-# --------------------------------------------------------------------------- distributed
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world > 1
-
-
-def init_distributed(device_kind: str) -> DistInfo:
-    """Join the torchrun process group when ``WORLD_SIZE > 1`` (NCCL on CUDA, gloo on CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo()
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        backend = "nccl" if device_kind == "cuda" else "gloo"
-        dist.init_process_group(backend=backend)
-    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
-
-
-def resolve_device(spec: str, dist: DistInfo | None = None) -> torch.device:
-    """``"auto"`` -> ``cuda:<local rank>`` when CUDA is available, else ``cpu``."""
-    local = dist.local_rank if dist is not None else 0
-    if spec == "auto":
-        return torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(spec)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"run.device: {spec!r} requested but CUDA is not available")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device(f"cuda:{local}")
-    return device
-
-
-# --------------------------------------------------------------------------- data order
-def _mix(*values: int) -> int:
-    """A 63-bit seed from integers (stable across processes and platforms)."""
-    h = hashlib.blake2b(np.asarray(values, np.int64).tobytes(), digest_size=8).digest()
-    return int.from_bytes(h, "little") >> 1
-
-
-class StepSampler(torch.utils.data.Sampler):
-    """Endless stream of ``(index, item_seed)`` for this rank, starting at stream item ``start``.
-
-    Epoch ``e`` uses ``DistributedSampler(shuffle=True, seed=seed)`` with ``set_epoch(e)``; the
-    item seed is a hash of ``(seed, rank, k)`` for the ``k``-th item of this rank's stream.
-    """
-
-    def __init__(self, n: int, seed: int, dist: DistInfo, start: int = 0) -> None:
-        self.n, self.seed, self.dist, self.start = n, seed, dist, start
-
-    def _epoch(self, e: int) -> list[int]:
-        from torch.utils.data import DistributedSampler
-
-        ds = DistributedSampler(
-            range(self.n),
-            num_replicas=self.dist.world,
-            rank=self.dist.rank,
-            shuffle=True,
-            seed=self.seed,
-        )
-        ds.set_epoch(e)
-        return list(ds)
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        per_epoch = len(self._epoch(0))
-        e, k = divmod(self.start, per_epoch)
-        pos = self.start
-        while True:
-            order = self._epoch(e)
-            for idx in order[k:]:
-                yield int(idx), _mix(self.seed, self.dist.rank, pos)
-                pos += 1
-            e, k = e + 1, 0
-
-
-class SeededItems(torch.utils.data.Dataset):
-    """Wrap a dataset so that item ``(index, seed)`` is drawn with all global RNGs seeded.
-
-    Augmentations that draw from numpy's / torch's / python's global generators (or a generator
-    seeded from them) become a function of the item seed; the callers' RNG state is restored.
-    """
-
-    def __init__(self, dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key: tuple[int, int]):
-        index, seed = key
-        saved = ck.capture_rng_state()
-        try:
-            torch.manual_seed(seed)
-            np.random.seed(seed % 2**32)  # noqa: NPY002 - global state read by transforms
-            random.seed(seed)
-            return self.dataset[index]
-        finally:
-            ck.restore_rng_state(saved)
-
-
-# --------------------------------------------------------------------------- schedule
-def lr_factor(step: int, total: int, schedule: str, power: float, warmup: int, floor: float):
-    """Multiplier of the base LR at ``step`` (0-based): linear warm-up then poly / cosine / constant.
-
-    ``floor`` is the final fraction of the base LR (``min_lr / lr``).
-    """
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    span = max(1, total - warmup)
-    t = min(1.0, (step - warmup) / span)
-    if schedule == "poly":
-        f = (1.0 - t) ** power
-    elif schedule == "cosine":
-        f = 0.5 * (1.0 + math.cos(math.pi * t))
-    else:
-        f = 1.0
-    return floor + (1.0 - floor) * f
-
-
-def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
-    oc = cfg.optim
-    params = [p for p in model.parameters() if p.requires_grad]
-    cls = torch.optim.AdamW if oc.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=oc.lr, betas=tuple(oc.betas), weight_decay=oc.weight_decay)
-
-
-def build_scheduler(cfg: Config, optimizer) -> torch.optim.lr_scheduler.LambdaLR:
-    oc = cfg.optim
-    floor = oc.min_lr / oc.lr if oc.lr > 0 else 0.0
-    steps = cfg.run.steps
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: lr_factor(s, steps, oc.schedule, oc.poly_power, oc.warmup_steps, floor),
-    )
-
-
-# --------------------------------------------------------------------------- logging
-class CsvLog:
-    """Append rows to a CSV file; the header is fixed by the first row (or the existing file)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.fields: list[str] | None = None
-        if path.is_file() and path.stat().st_size > 0:
-            with open(path, newline="") as fh:
-                self.fields = next(csv.reader(fh), None)
-
-    def write(self, row: dict[str, Any]) -> None:
-        new = self.fields is None
-        if new:
-            self.fields = list(row)
-        extra = [k for k in row if k not in self.fields]
-        if extra:
-            log.debug("CSV %s: columns %s not in header, dropped", self.path.name, extra)
-        with open(self.path, "a", newline="") as fh:
-            w = csv.DictWriter(fh, self.fields, extrasaction="ignore")
-            if new:
-                w.writeheader()
-            w.writerow(row)
-
-
-def _tensorboard(folder: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is an optional extra
-        log.info("tensorboard not installed (pip install 'instembed[tensorboard]'): CSV logs only")
-        return None
-    return SummaryWriter(str(folder))
-
-
-@contextmanager
-def _stop_on_signals(flag: dict):
-    """SIGINT / SIGTERM set ``flag['stop']`` instead of raising (main thread only)."""
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):  # noqa: ARG001
-        if flag.get("stop"):  # second Ctrl-C: give up at once
-            raise KeyboardInterrupt
-        flag["stop"] = signal.Signals(signum).name
-        log.warning("%s received: finishing this step and writing a checkpoint", flag["stop"])
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
-# --------------------------------------------------------------------------- validation
-def _count(instances: np.ndarray) -> int:
-    if instances.ndim == 3:
-        return int(instances.shape[0])
-    return int(len(np.unique(instances[instances > 0])))
-
-
-def _to_numpy_labels(x) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-
-
-@torch.no_grad()
-def validate(
-    model: nn.Module,
-    samples,
-    cfg: Config,
-    device: torch.device,
-    dist: DistInfo | None = None,
-) -> dict[str, float]:
-    """Instance metrics of ``model`` + the configured clusterer on ``samples``.
-
-    Each rank evaluates samples ``rank::world``; accumulators are gathered and merged so every
-    rank returns the metrics of the whole set (``InstanceEvaluator.summary()`` scalars).
-    """
-    from instembed.metrics import InstanceEvaluator
-
-    dist = dist or DistInfo()
-    n = len(samples)
-    if cfg.run.max_val_images is not None:
-        n = min(n, cfg.run.max_val_images)
-    was_training = model.training
-    model.eval()
-    from instembed.engine.tune import GRIDS
-
-    tune = bool(cfg.run.val_tune) and cfg.cluster.method in GRIDS
-    records = []
-    for i in range(dist.rank, n, dist.world):
-        s = samples[i]
-        image = torch.from_numpy(np.ascontiguousarray(s.image, np.float32))[None].to(device)
-        out = model(image).map(lambda t: t.detach().float().cpu())
-        if tune:  # clustered below, once per setting of the grid
-            records.append({"out": out})
-            continue
-        cc = cfg.cluster
-        if cc.method == "kmeans" and "k" not in cc.params:
-            # k-means without k: the true number of instances (the coloring-dilemma protocol)
-            cc = dataclasses.replace(cc, params={**cc.params, "k": max(1, _count(s.instances))})
-        res = cluster_outputs(out, cc)
-        records.append(
-            {
-                "gt": s.instances,
-                "pred": _to_numpy_labels(res.masks_or_labels),
-                "scores": _to_numpy_labels(res.scores) if res.scores is not None else None,
-                "pred_classes": (
-                    _to_numpy_labels(res.classes)
-                    if getattr(res, "classes", None) is not None
-                    else None
-                ),
-                "gt_classes": s.classes,
-                "ignore": s.ignore,
-            }
-        )
-    model.train(was_training)
-    if dist.enabled:
-        import torch.distributed as tdist
-
-        gathered: list = [None] * dist.world
-        tdist.all_gather_object(gathered, records)
-        # re-interleave so the order matches a single-process run
-        records = [
-            r
-            for k in range(max(map(len, gathered)))
-            for g in gathered
-            if k < len(g)
-            for r in [g[k]]
-        ]
-    if tune:
-        from instembed.engine.tune import tune_thresholds
-
-        res = tune_thresholds([r["out"] for r in records], samples[:n], cfg.cluster)
-        log.info("validation with clustering thresholds tuned on it: %s", res.params)
-        tuned = {f"cluster/{k}": float(v) for k, v in res.params.items() if v is not None}
-        return {**res.metrics, **tuned}
-    ev = InstanceEvaluator()
-    for r in records:
-        classes_given = r["pred_classes"] is not None and r["gt_classes"] is not None
-        ev.add(
-            r["gt"],
-            r["pred"],
-            scores=r["scores"],
-            pred_classes=r["pred_classes"] if classes_given else None,
-            gt_classes=r["gt_classes"] if classes_given else None,
-            ignore=r["ignore"],
-        )
-    summary = ev.summary()
-    return {
-        k: float(v)
-        for k, v in summary.items()
-        if isinstance(v, int | float | np.floating | np.integer) and not isinstance(v, bool)
-    }
-
-
 # --------------------------------------------------------------------------- the trainer
 @dataclass
 class FitResult:
@@ -385,12 +154,7 @@ class FitResult:
     metrics: dict[str, float] = field(default_factory=dict)
     best: dict | None = None
     out: Path | None = None
-
-
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)  # noqa: NPY002 - seeds the global state libraries use
-    random.seed(seed)
+    no_validation: bool = False  # no validation images: best.pt is the last weights
 
 
 class Trainer:
@@ -400,6 +164,18 @@ class Trainer:
     states, step). ``train_set`` (a dataset of item dicts, e.g. ``InstanceDataset``) and
     ``val_samples`` (a sequence of Samples) replace the data of ``cfg.data`` when given (e.g. a
     recorded split). Under torchrun every rank builds its own Trainer; only rank 0 writes files.
+
+    Run folder rules (what :meth:`fit` does with ``out``):
+
+    * a fresh run (not ``resume``) starts over: when its first :meth:`fit` starts, the
+      :data:`RUN_FILES` of an earlier run in ``out`` are deleted (other files are left alone), so
+      old and new checkpoints and logs never mix. ``instembed train`` refuses such a folder
+      unless ``--overwrite`` is given (:func:`check_run_folder`); the library call does not ask.
+    * a resumed run keeps its logs but drops the CSV rows (and TensorBoard events) of steps
+      after the checkpoint it resumes from, so no step is logged twice.
+    * a run that fails (any exception) before its first ``last.pt`` is written leaves no half
+      files: the run files it wrote are deleted, and the folder too when the run created it and
+      nothing else is in it. There is never a ``best.pt`` without a ``last.pt``.
     """
 
     def __init__(
@@ -412,10 +188,10 @@ class Trainer:
     ) -> None:
         self.cfg = cfg
         self.out = Path(out)
+        spec = check_device_spec(cfg.run.device)  # a bad device string: before any work
         kind = (
             "cuda"
-            if cfg.run.device.startswith("cuda")
-            or (cfg.run.device == "auto" and torch.cuda.is_available())
+            if spec.startswith("cuda") or (spec == "auto" and torch.cuda.is_available())
             else "cpu"
         )
         self.dist = init_distributed(kind)
@@ -443,6 +219,8 @@ class Trainer:
         self.best: dict | None = None
         self.metrics: dict[str, float] = {}
         self.last_saved: Path | None = None
+        self.resumed = bool(resume)
+        self._started = False  # fit() ran once: later fits continue this run's logs
         if resume:
             self._resume()
         if self.dist.enabled:
@@ -524,17 +302,28 @@ class Trainer:
         return iter(loader)
 
     def _to_device(self, batch: dict) -> dict:
-        return {
-            k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
-            for k, v in batch.items()
-        }
+        """Tensors, and lists of per-image tensors (classes, instance_masks, boxes), on the
+        training device."""
+
+        def move(v):
+            if isinstance(v, torch.Tensor):
+                return v.to(self.device, non_blocking=True)
+            if isinstance(v, list) and v and all(isinstance(t, torch.Tensor) for t in v):
+                return [t.to(self.device, non_blocking=True) for t in v]
+            return v
+
+        return {k: move(v) for k, v in batch.items()}
 
     def train_step(self, batch: dict) -> tuple[float, dict[str, float]]:
         """One optimizer step; returns (rank-averaged loss, terms). Raises NonFiniteLossError."""
         batch = self._to_device(batch)
         autocast = torch.autocast("cuda", dtype=torch.float16) if self.use_amp else nullcontext()
         with autocast:
-            outputs = self.net(batch["image"], coords_origin=batch.get("coords_origin"))
+            outputs = self.net(
+                batch["image"],
+                coords_origin=batch.get("coords_origin"),
+                targets=image_targets(batch),
+            )
         outputs = outputs.map(lambda t: t.float())
         total, terms = self.loss_fn(outputs, batch)
         values = {k: float(v.detach()) for k, v in terms.items()}
@@ -597,34 +386,93 @@ class Trainer:
         )
         if better and math.isfinite(value):
             self.best = {"metric": key, "value": float(value), "step": self.step}
+            if self.last_saved is None:  # never a best.pt without a last.pt beside it
+                self.save(LAST)
             self.save(BEST, training_state=False)
+
+    def _open_logs(self) -> tuple[CsvLog, CsvLog, Any]:
+        """Create the run folder's config and logs (rank 0): fresh ones for a fresh run (the
+        earlier run's files deleted first), the existing ones without the rows of steps after
+        ``self.step`` when the run continues (resumed, or a second :meth:`fit`)."""
+        cfg = self.cfg
+        fresh = not self.resumed and not self._started
+        if fresh:
+            removed = clear_run_files(self.out)
+            if removed:
+                log.info(
+                    "starting over in %s: deleted the earlier run's %s",
+                    self.out,
+                    ", ".join(removed),
+                )
+        self.out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.out / "config.yaml")
+        keep = None if fresh else self.step
+        csv_train = CsvLog(self.out / "train_log.csv", fresh=fresh, keep_through_step=keep)
+        csv_val = CsvLog(self.out / "val_log.csv", fresh=fresh, keep_through_step=keep)
+        tb = (
+            open_tensorboard(self.out / "tb", purge_step=None if fresh else self.step + 1)
+            if cfg.run.tensorboard
+            else None
+        )
+        return csv_train, csv_val, tb
+
+    def _discard_half_run(self, created: bool) -> None:
+        """After a failure before the first checkpoint: delete what this run wrote (rank 0)."""
+        removed = clear_run_files(self.out)
+        gone = False
+        if created and self.out.is_dir() and not any(self.out.iterdir()):
+            self.out.rmdir()
+            gone = True
+        if removed or gone:
+            log.warning(
+                "training failed before its first checkpoint: removed %s",
+                f"the run folder {self.out}" if gone else f"{', '.join(removed)} from {self.out}",
+            )
 
     def fit(self, stop_at: int | None = None, time_limit_s: float | None = None) -> FitResult:
         """Train until ``run.steps`` (or ``stop_at`` steps, or ``time_limit_s`` seconds of
-        wall-clock time, whichever comes first; the last two end with status "stopped")."""
+        wall-clock time, whichever comes first; the last two end with status "stopped").
+
+        See the class docstring for what happens to the run folder (fresh start, resume,
+        failure before the first checkpoint)."""
         cfg = self.cfg
         t_start = time.perf_counter()
         end = cfg.run.steps if stop_at is None else min(stop_at, cfg.run.steps)
         main = self.dist.is_main
+        no_val = len(self.val_samples) == 0
         tb = csv_train = csv_val = None
-        if main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.out / "config.yaml")
-            csv_train = CsvLog(self.out / "train_log.csv")
-            csv_val = CsvLog(self.out / "val_log.csv")
-            tb = _tensorboard(self.out / "tb") if cfg.run.tensorboard else None
         bar = None
-        if main and cfg.run.progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=end, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
-        flag: dict = {}
-        status = "done"
-        batches = self._batches() if self.step < end else iter(())
-        t_last, n_imgs = time.perf_counter(), 0
-        self.net.train()
+        run_log = None
+        created = main and not self.out.exists()
+        ok = False
         try:
-            with _stop_on_signals(flag):
+            if main:
+                csv_train, csv_val, tb = self._open_logs()
+                fresh = not self.resumed and not self._started
+                run_log = run_log_file(self.out / "run.log", fresh=fresh)
+            self._started = True
+            if main:
+                log.info(
+                    "%s %s at step %d of %d",
+                    "continuing" if self.step else "training",
+                    self.out,
+                    self.step,
+                    cfg.run.steps,
+                )
+                if no_val:
+                    log.warning("%s: %s", self.out, NO_VALIDATION)
+            if main and cfg.run.progress:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(
+                    total=end, initial=self.step, desc="train", unit="step", dynamic_ncols=True
+                )
+            flag: dict = {}
+            status = "done"
+            batches = self._batches() if self.step < end else iter(())
+            t_last, n_imgs = time.perf_counter(), 0
+            self.net.train()
+            with stop_on_signals(flag):
                 while self.step < end:
                     batch = next(batches)
                     loss, terms = self.train_step(batch)
@@ -669,16 +517,21 @@ class Trainer:
                 elif status == "done":
                     status = "stopped"
                 self.save(LAST)
-                if main and self.best is None and len(self.val_samples) == 0:
+                if main and self.best is None and no_val:
                     self.save(BEST, training_state=False)  # no validation: best = last
+            if main:
+                log.info("training %s at step %d; checkpoints in %s", status, self.step, self.out)
+            ok = True
         finally:
             if bar is not None:
                 bar.close()
             if tb is not None:
                 tb.close()
-        if main:
-            log.info("training %s at step %d; checkpoints in %s", status, self.step, self.out)
-        return FitResult(self.step, status, dict(self.metrics), self.best, self.out)
+            if run_log is not None:
+                run_log.close()
+            if not ok and main and self.last_saved is None:
+                self._discard_half_run(created)
+        return FitResult(self.step, status, dict(self.metrics), self.best, self.out, no_val)
 
     def _sync_buffers(self) -> None:
         """Copy rank 0's buffers (BatchNorm running statistics) to every rank.
@@ -687,26 +540,12 @@ class Trainer:
         statistics from its own batches (DDP re-broadcasts them only at the next forward).
         Called on every rank at the same steps: before validation and checkpoints.
         """
-        if not self.dist.enabled:
-            return
-        import torch.distributed as tdist
-
-        for buf in self.model.buffers():
-            tdist.broadcast(buf.data, src=0)
+        broadcast_buffers(self.model, self.dist)
 
     def _agree(self, stop: bool) -> bool:
         """True on every rank when any rank wants to stop."""
-        if not self.dist.enabled:
-            return stop
-        import torch.distributed as tdist
-
-        t = torch.tensor([1.0 if stop else 0.0])
-        tdist.all_reduce(t)
-        return bool(t.item() > 0)
+        return any_rank(stop, self.dist)
 
     def close(self) -> None:
-        if self.dist.enabled:
-            import torch.distributed as tdist
-
-            if tdist.is_initialized():
-                tdist.destroy_process_group()
+        """Leave the torchrun process group (when one was joined)."""
+        destroy(self.dist)

@@ -25,25 +25,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from instembed.cluster.methods import GRIDS as _METHOD_GRIDS
+from instembed.cluster.methods import find_method, get_method
 from instembed.engine.config import ClusterConfig
+from instembed.engine.evaluation import evaluate_outputs
 
 log = logging.getLogger(__name__)
 
 METRICS = ("AP_dsb@0.5", "AP", "AP50", "AP75", "SBD", "absDiC", "PQ")
 
-# clustering thresholds tried per method
-GRIDS: dict[str, dict[str, list]] = {
-    "seeded": {
-        "fg_thresh": [0.3, 0.4, 0.5],
-        "seed_thresh": [0.5, 0.6, 0.7, 0.8],
-        "prob_thresh": [0.3, 0.5],
-    },
-    "center_offset": {"threshold": [0.05, 0.1, 0.2, 0.3]},
-    "meanshift": {"bandwidth": [0.1, 0.15, 0.25, 0.5, 0.75, 1.0]},
-    "threshold": {"delta_v": [0.25, 0.5, 0.75, 1.0]},
-}
+# clustering thresholds tried per method: the ``grid`` of each method in the table
+# instembed.cluster.methods (the table's own dict, kept up to date by its register())
+GRIDS: dict[str, dict[str, list]] = _METHOD_GRIDS
 # kernel values above which a pixel also joins a second instance (None: one instance per pixel)
-OVERLAP_GRID: list = [None, 0.3, 0.4, 0.5]
+OVERLAP_GRID: list = list(get_method("seeded").overlap_grid)
 
 
 @dataclass
@@ -55,31 +50,15 @@ class TuneResult:
     rows: list[dict] = field(default_factory=list)
 
 
-def evaluate_outputs(outputs: Sequence, samples: Sequence, cluster: ClusterConfig) -> dict:
-    """:class:`~instembed.metrics.InstanceEvaluator` scalars of the clustered ``outputs`` (one
-    per sample, batch 1) against the samples' ground truth (label images, or mask stacks for
-    overlapping objects; ignore masks honoured). Overlapping predicted masks are scored as a
-    stack."""
-    from instembed.engine.build import cluster_outputs
-    from instembed.metrics import InstanceEvaluator
-
-    if len(outputs) != len(samples):
-        raise ValueError(f"got {len(outputs)} outputs for {len(samples)} samples")
-    ev = InstanceEvaluator()
-    for out, s in zip(outputs, samples):
-        res = cluster_outputs(out, cluster)
-        scores = None if res.scores is None else res.scores.numpy()
-        ev.add(s.instances, res.masks_or_labels.numpy(), scores=scores, ignore=s.ignore)
-    summary = ev.summary(per_image=False)
-    return {k: float(v) for k, v in summary.items() if isinstance(v, int | float | np.number)}
-
-
 def default_grid(method: str, samples: Sequence = ()) -> dict[str, list]:
     """The grid of ``method`` (:data:`GRIDS`); with overlapping ground truth in ``samples`` the
-    seeded grid gets ``overlap_thresh`` too. Unknown methods: an empty grid."""
+    methods with overlapping masks (seeded) get their ``overlap_thresh`` grid too. Unknown
+    methods: an empty grid."""
     grid = {k: list(v) for k, v in GRIDS.get(method, {}).items()}
-    if method == "seeded" and any(np.asarray(s.instances).ndim == 3 for s in samples):
-        grid["overlap_thresh"] = list(OVERLAP_GRID)
+    spec = find_method(method)
+    if spec is not None and spec.overlap_grid:
+        if any(np.asarray(s.instances).ndim == 3 for s in samples):
+            grid["overlap_thresh"] = list(spec.overlap_grid)
     return grid
 
 

@@ -44,7 +44,8 @@ def instance_records(
 
     ``labels`` may also be an (N, H, W) bool mask stack (overlapping instances): mask i has
     id i + 1. Ids absent from ``labels`` (empty instances) are skipped. ``scores`` / ``classes``
-    are (N,) arrays indexed by ``id - 1``; missing -> score 1.0 / class 1.
+    are (N,) arrays indexed by ``id - 1``; without scores every score is 1.0; without classes
+    the records have no ``class`` (class-agnostic predictions score against any ground truth).
     """
     from scipy import ndimage as ndi
 
@@ -65,20 +66,17 @@ def instance_records(
         if box is None or areas[i] == 0:
             continue
         ys, xs = box
-        out.append(
-            {
-                "id": i,
-                "score": float(scores[i - 1]) if scores is not None else 1.0,
-                "class": int(classes[i - 1]) if classes is not None else 1,
-                "area": int(areas[i]),
-                "bbox": [
-                    int(xs.start),
-                    int(ys.start),
-                    int(xs.stop - xs.start),
-                    int(ys.stop - ys.start),
-                ],
-            }
-        )
+        rec = {"id": i, "score": float(scores[i - 1]) if scores is not None else 1.0}
+        if classes is not None:  # class-agnostic predictions carry no class
+            rec["class"] = int(classes[i - 1])
+        rec["area"] = int(areas[i])
+        rec["bbox"] = [
+            int(xs.start),
+            int(ys.start),
+            int(xs.stop - xs.start),
+            int(ys.stop - ys.start),
+        ]
+        out.append(rec)
     return out
 
 
@@ -153,7 +151,7 @@ def coco_result_records(
         out.append(
             {
                 "image_id": image_id,
-                "category_id": rec["class"],
+                "category_id": rec.get("class", 1),
                 "segmentation": encode_rle(mask),
                 "score": rec["score"],
                 "bbox": rec["bbox"],
@@ -185,7 +183,7 @@ def panoptic_segments(
         infos.append(
             {
                 "id": rec["id"],
-                "category_id": rec["class"],
+                "category_id": rec.get("class", 1),
                 "area": rec["area"],
                 "bbox": rec["bbox"],
                 "iscrowd": 0,
