@@ -163,3 +163,10 @@ def test_a_family_that_returns_instances_refuses_tiling_and_tta_clearly(toy_fami
     for kw in ({"tile": 16}, {"tta": True}):
         with pytest.raises(ValueError, match="returns instances itself"):
             infer(model, image, **kw)
+
+
+def test_export_refuses_a_family_that_returns_instances(tmp_path, toy_family):
+    from instembed.engine.export import export_torchscript
+
+    with pytest.raises(ValueError, match="returns instances itself"):
+        export_torchscript(ToyDetector(), _config(tmp_path), tmp_path / "m.ts", example_size=32)

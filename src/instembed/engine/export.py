@@ -78,8 +78,17 @@ def _example(model: nn.Module, size: int | None) -> Tensor:
 
 
 def output_names(model: nn.Module, example: Tensor) -> list[str]:
+    """The dense output fields of ``model`` (what the exported file returns); a model that
+    returns instances itself (proposal-based, recurrent) is refused with a clear error."""
     with torch.no_grad():
-        return list(model(example).to_dict())
+        out = model(example)
+    if out.instances is not None:
+        raise ValueError(
+            f"export: {type(model).__name__} returns instances itself (Outputs.instances); the "
+            "TorchScript / ONNX export traces dense output maps only -- this model family has "
+            "no exporter yet"
+        )
+    return list(out.to_dict())
 
 
 def postprocessing_wrapper(
