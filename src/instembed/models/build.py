@@ -17,15 +17,38 @@ from typing import Any
 
 from torch import nn
 
+from instembed.models.deeplab import DeepLabV3Plus
 from instembed.models.embedding_net import EmbeddingNet
 from instembed.models.enet import ENet
 from instembed.models.erfnet import ERFNet
+from instembed.models.fcn8s import FCN8s
+from instembed.models.hrnet import HRNet
+from instembed.models.pspnet import PSPNet
+from instembed.models.segnet import SegNet
 from instembed.models.unet import UNet
 from instembed.structures import DEFAULT_COORD_SCALE
 
-BACKBONES: dict[str, type[nn.Module]] = {"unet": UNet, "erfnet": ERFNet, "enet": ENet}
+BACKBONES: dict[str, type[nn.Module]] = {
+    "unet": UNet,
+    "erfnet": ERFNet,
+    "enet": ENet,
+    "fcn8s": FCN8s,
+    "segnet": SegNet,
+    "pspnet": PSPNet,
+    "deeplabv3plus": DeepLabV3Plus,
+    "hrnet": HRNet,
+}
 # ERFNet follows SpatialEmbeddings: one decoder for embedding/sigma/offset, one for seed/center/semantic
-DEFAULT_HEAD_GROUPS = {"unet": "single", "erfnet": "auto", "enet": "single"}
+DEFAULT_HEAD_GROUPS = {
+    "unet": "single",
+    "erfnet": "auto",
+    "enet": "single",
+    "fcn8s": "single",
+    "segnet": "single",
+    "pspnet": "single",
+    "deeplabv3plus": "single",
+    "hrnet": "single",
+}
 
 
 def build_embedding_net(
