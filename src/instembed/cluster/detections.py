@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from instembed.detection.boxes import box_iou as _pairwise_box_iou
 from instembed.structures import Instances, masks_to_boxes
 
 
@@ -40,14 +41,10 @@ def mask_iou(masks: Tensor, chunk_elements: int = 1 << 22) -> Tensor:
 
 
 def box_iou(boxes: Tensor) -> Tensor:
-    """(N, N) IoU of every pair of (N, 4) ``x1, y1, x2, y2`` boxes (0 between empty boxes)."""
+    """(N, N) float64 IoU of every pair of (N, 4) ``x1, y1, x2, y2`` boxes (0 between empty
+    boxes): :func:`instembed.detection.box_iou` of the boxes with themselves."""
     b = boxes.to(torch.float64)
-    area = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
-    lt = torch.maximum(b[:, None, :2], b[None, :, :2])
-    rb = torch.minimum(b[:, None, 2:], b[None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(2)
-    union = area[:, None] + area[None, :] - inter
-    return torch.where(union > 0, inter / union.clamp(min=1e-30), torch.zeros_like(inter))
+    return _pairwise_box_iou(b, b)
 
 
 def greedy_nms(
