@@ -150,3 +150,252 @@ def test_the_exporter_comes_from_the_method_table():
         postprocessing_wrapper(net, ["embedding", "seed"], 4, "seeded", {}, postprocessing=True)
     w = postprocessing_wrapper(net, seeded, 4, "seeded", {}, postprocessing=False)
     assert type(w) is ScriptedNet
+
+
+# --------------------------------------------------------------------------- export = predict
+STARDIST_IMAGE = "stardist/data/images/img2d.tif"
+
+
+def _exported(tmp_path, model, cfg, name="m.ts"):
+    return torch.jit.load(str(export_torchscript(model, cfg, tmp_path / name)))
+
+
+def _assert_same_as_predict(ts, model, cfg, image):
+    """The exported file's labels and scores are the Predictor's, array for array."""
+    from instembed.engine.predict import Predictor
+
+    pred = Predictor(model, cfg)(image)
+    with torch.no_grad():
+        labels, scores = ts.segment(torch.from_numpy(image)[None])
+    n = int(pred.labels.max())
+    assert n > 10 and int(labels.max()) == n == scores.shape[0]
+    assert len(np.unique(labels.numpy())) - 1 == n  # ids 1..n, as in predict
+    np.testing.assert_array_equal(labels.numpy(), pred.labels)
+    np.testing.assert_allclose(scores.numpy(), pred.scores, rtol=0, atol=1e-6)
+    return n
+
+
+def _real_image(path, cfg):
+    from instembed.data.io import load_image
+
+    normalize = cfg.data.reader_params.get("normalize", "percentile")
+    return load_image(path, normalize, channels=1)[0]
+
+
+def test_exported_dsb2018_equals_predict_on_the_stardist_image(tmp_path, shared_data):
+    from instembed.engine.predict import load_model
+
+    model, cfg = load_model("dsb2018-nuclei")
+    image = _real_image(shared_data("stardist_example") / STARDIST_IMAGE, cfg)
+    ts = _exported(tmp_path, model, cfg)
+    assert ts.has_postprocessing and ts.min_size == cfg.cluster.params["min_size"]
+    _assert_same_as_predict(ts, model, cfg, image)
+
+
+def test_exported_bbbc039_equals_predict_on_a_real_image(tmp_path, shared_data):
+    from instembed.engine.predict import load_model
+
+    model, cfg = load_model("bbbc039-nuclei")
+    folder = shared_data("bbbc039") / "cell nuclei" / "images"
+    image = _real_image(sorted(folder.glob("*.tif"))[0], cfg)
+    _assert_same_as_predict(_exported(tmp_path, model, cfg), model, cfg, image)
+
+
+def test_exported_min_size_on_a_real_crop(tmp_path, shared_data):
+    """A coarse seed-loop sample (``max_points``) lets a fragment under ``min_size`` through
+    the clusterer; predict removes it, and so must the exported file (the old one kept it)."""
+    from instembed.cluster.seeded import seeded_cluster
+    from instembed.engine.predict import load_model
+
+    model, cfg = load_model("bbbc039-nuclei")
+    folder = shared_data("bbbc039") / "cell nuclei" / "images"
+    image = _real_image(sorted(folder.glob("*.tif"))[0], cfg)[:, 256:512, :256].copy()
+    params = dict(cfg.cluster.params) | {"max_points": 4096, "min_size": 32}
+    cfg.cluster = ClusterConfig("seeded", params)
+    n = _assert_same_as_predict(_exported(tmp_path, model, cfg), model, cfg, image)
+    with torch.no_grad():
+        out = model(torch.from_numpy(image)[None])
+    raw, _, _ = seeded_cluster(out.embedding[0], out.seed[0, 0], out.sigma[0], None, **params)
+    assert int(raw.max()) > n  # what the clusterer alone (the old export) returned
+
+
+class _Maps(torch.nn.Module):
+    """A stand-in network returning fixed output maps (cropped to the input size)."""
+
+    def __init__(self, maps):
+        super().__init__()
+        self.embedding, self.sigma, self.seed = maps
+
+    def forward(self, x):
+        h, w = x.shape[-2], x.shape[-1]
+        return (
+            self.embedding[..., :h, :w],
+            self.sigma[..., :h, :w],
+            self.seed[..., :h, :w],
+        )
+
+
+def _two_objects():
+    """A 400-pixel object and an 8-pixel one; with ``max_points=16`` the seed loop counts each
+    grid point as 36 pixels, so the small object passes the loop's ``min_size`` of 20."""
+    emb = torch.zeros(1, 2, 32, 32)
+    seed = torch.zeros(1, 1, 32, 32)
+    seed[..., :20, :20] = 0.95
+    seed[..., 24:26, 24:28] = 0.9
+    emb[:, :, 24:26, 24:28] = 10.0
+    return emb, torch.full((1, 1, 32, 32), 0.5), seed
+
+
+def test_exported_min_size_removes_what_predict_removes():
+    from instembed.cluster import cluster_embeddings
+    from instembed.cluster.seeded import seeded_cluster
+    from instembed.engine.export import postprocessing_wrapper
+    from instembed.structures import Outputs
+
+    emb, sigma, seed = _two_objects()
+    params = {"min_size": 20, "max_points": 16, "seed_thresh": 0.5, "score": "product"}
+    # the clusterer alone keeps the 8-pixel object (what the old export returned)
+    own = {k: v for k, v in params.items() if k != "score"}
+    raw, _, _ = seeded_cluster(emb[0], seed[0, 0], sigma[0], None, **own)
+    assert int(raw.max()) == 2 and int((raw == 2).sum()) == 8
+    net = torch.jit.script(_Maps((emb, sigma, seed)))
+    names = ["embedding", "sigma", "seed"]
+    ts = torch.jit.script(postprocessing_wrapper(net, names, 4, "seeded", params, in_channels=1))
+    labels, scores = ts.segment(torch.rand(1, 1, 32, 32))
+    ref = cluster_embeddings(Outputs(embedding=emb, sigma=sigma, seed=seed), "seeded", **params)
+    assert int(labels.max()) == ref.num_instances == 1
+    assert torch.equal(labels, ref.labels)
+    torch.testing.assert_close(scores, ref.scores)
+    labels, scores, masks = ts.segment_masks(torch.rand(1, 1, 32, 32))
+    assert masks.shape == (1, 32, 32) and torch.equal(masks[0], labels == 1)
+
+
+@pytest.mark.parametrize("score", ["seed", "foreground", "product", "constant"])
+def test_torchscript_seeded_score_modes_and_thresholds(tmp_path, score):
+    m = _model({"embedding": 2, "sigma": 2, "seed": 1}, seed=3)
+    with torch.no_grad():
+        m.decoders[0].head.bias[-1] = 2.0
+    cfg = Config()
+    cfg.cluster = ClusterConfig(
+        "seeded",
+        {"seed_thresh": 0.6, "fg_thresh": 0.55, "min_size": 6, "prob_thresh": 0.4, "score": score},
+    )
+    ts = _exported(tmp_path, m, cfg)
+    x = torch.rand(1, 1, 60, 52)
+    with torch.no_grad():
+        labels, scores = ts.segment(x)
+        pred = instances_from_outputs(m(x), cfg.cluster)
+    assert int(labels.max()) == int(pred.labels.max()) > 0
+    np.testing.assert_array_equal(labels.numpy(), pred.labels)
+    np.testing.assert_allclose(scores.numpy(), pred.scores, atol=1e-6)
+
+
+def test_torchscript_center_offset_post_processing_matches_pipeline(tmp_path):
+    # a seed head is the foreground probability of the scores, not the grouping's foreground
+    m = _model({"center": 1, "offset": 2, "seed": 1}, seed=4)
+    cfg = Config()
+    params = {"threshold": -10.0, "nms_kernel": 5, "top_k": 20, "min_size": 40, "score": "product"}
+    cfg.cluster = ClusterConfig("center_offset", params)
+    ts = _exported(tmp_path, m, cfg)
+    x = torch.rand(1, 1, 48, 56)
+    with torch.no_grad():
+        labels, scores = ts.segment(x)
+        pred = instances_from_outputs(m(x), cfg.cluster)
+        raw = instances_from_outputs(m(x), ClusterConfig("center_offset", params | {"min_size": 0}))
+    assert 0 < int(pred.labels.max()) < int(raw.labels.max())  # min_size removed some
+    np.testing.assert_array_equal(labels.numpy(), pred.labels)
+    np.testing.assert_allclose(scores.numpy(), pred.scores, atol=1e-6)
+
+
+def test_worms_overlapping_masks_are_exported(tmp_path):
+    m = _model({"embedding": 2, "sigma": 2, "seed": 1}, seed=3)
+    with torch.no_grad():
+        m.decoders[0].head.bias[-1] = 2.0
+    cfg = Config()
+    cfg.cluster = ClusterConfig(
+        "seeded", {"seed_thresh": 0.6, "min_size": 4, "overlap_thresh": 0.3}
+    )
+    ts = _exported(tmp_path, m, cfg)
+    assert ts.has_masks
+    x = torch.rand(1, 1, 40, 44)
+    with torch.no_grad():
+        labels, scores, masks = ts.segment_masks(x)
+        pred = instances_from_outputs(m(x), cfg.cluster)
+    assert pred.masks is not None and pred.masks.shape[0] > 0
+    np.testing.assert_array_equal(labels.numpy(), pred.labels)
+    np.testing.assert_array_equal(masks.numpy(), pred.masks)
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "match"),
+    [
+        ("seeded", {"fill_holes": True}, "fill_holes=True cannot be compiled"),
+        ("seeded", {"radius": 3}, "unknown parameter\\(s\\) \\['radius'\\]"),
+        ("seeded", {"score": "best"}, "score must be one of"),
+        ("seeded", {"prob_thresh": 1.5}, "prob_thresh must be in"),
+        ("seeded", {"foreground_classes": [1]}, "foreground_classes needs a model with a semantic"),
+        ("center_offset", {"overlap_thresh": 0.5}, "overlap_thresh"),
+        ("center_offset", {"nms_kernel": 4}, "nms_kernel"),
+    ],
+)
+def test_export_refuses_what_it_cannot_export(tmp_path, method, params, match):
+    heads = (
+        {"embedding": 2, "sigma": 2, "seed": 1}
+        if method == "seeded"
+        else {"center": 1, "offset": 2}
+    )
+    cfg = Config()
+    cfg.cluster = ClusterConfig(method, params)
+    with pytest.raises(ValueError, match=match):
+        export_torchscript(_model(heads), cfg, tmp_path / "m.ts")
+    # the network alone is still exportable
+    export_torchscript(_model(heads), cfg, tmp_path / "m.ts", postprocessing=False)
+
+
+def test_exported_module_checks_its_input(tmp_path):
+    cfg = Config()
+    cfg.cluster = ClusterConfig("seeded", {"min_size": 4})
+    ts = _exported(tmp_path, _model({"embedding": 2, "sigma": 2, "seed": 1}), cfg)
+    cases = [
+        (torch.rand(1, 32, 32), "4 dimensions \\(B, C, H, W\\), got 3 dimension"),
+        (torch.rand(1, 2, 32, 32), "expected 1 channel\\(s\\) \\(B, 1, H, W\\), got 2"),
+        (torch.zeros(1, 1, 32, 32, dtype=torch.uint8), "floating-point image .* got torch.uint8"),
+        (torch.zeros(1, 1, 32, 32, dtype=torch.int64), "got torch.int64"),
+    ]
+    for x, match in cases:
+        for call in (ts, ts.segment):
+            with pytest.raises(Exception, match=match):
+                call(x)
+    with pytest.raises(
+        Exception, match="segment takes one image \\(1, C, H, W\\), got a batch of 2"
+    ):
+        ts.segment(torch.rand(2, 1, 32, 32))
+    # float64 (and float16) images are converted to float32, as the Predictor does
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(ts.segment(x.double())[0], ts.segment(x)[0])
+
+
+def test_engine_params_are_the_engines():
+    from instembed.cluster.torchscript import ENGINE_PARAMS
+    from instembed.engine.build import ENGINE_CLUSTER_PARAMS
+
+    assert tuple(ENGINE_PARAMS) == tuple(ENGINE_CLUSTER_PARAMS)
+
+
+def test_export_cli_refuses_fill_holes_and_exports_the_network_only(tmp_path, capsys):
+    from instembed.cli import main
+
+    heads = {"embedding": 2, "sigma": 2, "seed": 1}
+    cfg = Config()
+    cfg.model.params = {"heads": heads, "depth": 2, "width": 4}
+    cfg.cluster = ClusterConfig("seeded", {"fill_holes": True})
+    m = build_model("unet", heads=heads, depth=2, width=4)
+    ckpt = ck.save_checkpoint(
+        tmp_path / "m.pt", model_state=m.state_dict(), config_yaml=config_to_yaml(cfg), step=0
+    )
+    args = ["export", "--model", str(ckpt), "--format", "torchscript", "--out"]
+    assert main([*args, str(tmp_path / "a.ts")]) == 2
+    assert "fill_holes=True cannot be compiled" in capsys.readouterr().err
+    assert main([*args, str(tmp_path / "b.ts"), "--network-only"]) == 0
+    assert not torch.jit.load(str(tmp_path / "b.ts")).has_postprocessing

@@ -49,7 +49,7 @@ def relabel_sequential(
 
 
 def _relabel_counts(
-    flat: Tensor, counts: Tensor, min_size: int, shape: torch.Size
+    flat: Tensor, counts: Tensor, min_size: int, shape: list[int]
 ) -> tuple[Tensor, Tensor]:
     # counts: (max id + 1,) pixels per id
     keep = counts >= max(min_size, 1)
@@ -62,7 +62,7 @@ def _relabel_counts(
     return lut.index_select(0, flat).reshape(shape), old_ids
 
 
-def _relabel_unique(flat: Tensor, min_size: int, shape: torch.Size) -> tuple[Tensor, Tensor]:
+def _relabel_unique(flat: Tensor, min_size: int, shape: list[int]) -> tuple[Tensor, Tensor]:
     # ids far above the pixel count: sort instead of a lookup table indexed by id
     ids, inverse, counts = torch.unique(flat, return_inverse=True, return_counts=True)
     keep = (ids > 0) & (counts >= max(min_size, 1))
@@ -132,7 +132,6 @@ def fill_holes(labels: Tensor) -> Tensor:
 def instance_scores(
     labels: Tensor,
     n: int,
-    *,
     mode: str = "seed",
     seed_scores: Tensor | None = None,
     foreground_prob: Tensor | None = None,
@@ -152,10 +151,13 @@ def instance_scores(
     Returns:
         (n,) float32.
     """
-    if mode not in SCORE_MODES:
-        raise ValueError(f"score mode must be one of {SCORE_MODES}, got {mode!r}")
+    # SCORE_MODES, spelt out: TorchScript reads no global tuple
+    if mode not in ("seed", "foreground", "product", "constant"):
+        raise ValueError(
+            f"score mode must be one of ('seed', 'foreground', 'product', 'constant'), got '{mode}'"
+        )
     ones = torch.ones(n, dtype=torch.float32, device=labels.device)
-    fg_mean = None
+    fg_mean: Tensor | None = None
     need_fg = mode in ("foreground", "product") or (mode == "seed" and seed_scores is None)
     if foreground_prob is not None and need_fg:
         flat = labels.reshape(-1)
@@ -163,7 +165,9 @@ def instance_scores(
         sums.index_add_(0, flat, foreground_prob.reshape(-1).to(torch.float64))
         counts = torch.bincount(flat, minlength=n + 1).clamp(min=1)
         fg_mean = (sums / counts)[1 : n + 1].to(torch.float32)
-    seed = None if seed_scores is None else seed_scores.to(torch.float32).reshape(-1)[:n]
+    seed: Tensor | None = None
+    if seed_scores is not None:
+        seed = seed_scores.to(torch.float32).reshape(-1)[:n]
     if mode == "constant":
         return ones
     if mode == "seed":

@@ -12,6 +12,14 @@ also holds the clustering::
     outputs = m(image)                 # dict name -> (B, ., H, W): image (B, C, H, W) float32
     labels, scores = m.segment(image)  # (H, W) int64, (N,) -- one image (1, C, H, W); only
                                        # when m.has_postprocessing
+    labels, scores, masks = m.segment_masks(image)  # + (N, H, W) bool (overlap_thresh)
+
+``segment`` applies the post-processing of ``instembed predict`` (``cluster_embeddings``) with
+every parameter of ``cfg.cluster.params`` -- thresholds, foreground rule, ``min_size`` removal,
+sequential relabelling, ``score`` mode, overlapping masks -- so its labels equal the
+``Predictor``'s; a parameter that cannot be compiled (``fill_holes``) is refused with a
+ValueError naming it (``postprocessing=False`` exports the network alone). The module checks its
+input (4 dimensions, the model's channel count, a floating dtype) inside TorchScript.
 
 Other clusterers (mean-shift, threshold, k-means, HDBSCAN) are data-dependent Python code: the
 file holds the network only and ``m.has_postprocessing`` is False. Every file carries the run
@@ -98,6 +106,7 @@ def postprocessing_wrapper(
     method: str,
     params: dict,
     postprocessing: bool | None = None,
+    in_channels: int = 0,
 ) -> ScriptedNet:
     """The scripted wrapper of a traced network: with the method's TorchScript exporter (from
     the table :mod:`instembed.cluster.methods`) when it has one and the network has the
@@ -106,10 +115,14 @@ def postprocessing_wrapper(
     Args:
         postprocessing: None: post-processing when possible (else the network only, logged);
             True: required (ValueError naming the methods that have an exporter, or the
-            missing outputs); False: the network only.
+            missing outputs); False: the network only. A method with an exporter whose
+            configured parameters cannot all be exported (e.g. ``fill_holes``) is refused
+            with a ValueError naming the parameter unless ``postprocessing`` is False: the
+            file would otherwise segment differently from ``instembed predict``.
+        in_channels: the channel count the exported module checks its input against (0: any).
     """
     if postprocessing is False:
-        return ScriptedNet(traced, names, divisor)
+        return ScriptedNet(traced, names, divisor, in_channels)
     exporter, reason = None, ""
     try:
         spec = get_method(method)
@@ -130,11 +143,13 @@ def postprocessing_wrapper(
         else:
             exporter = spec.exporter
     if exporter is not None:
-        return exporter(traced, names, divisor, params)
+        wrapper = exporter(traced, names, divisor, params)
+        wrapper.in_channels = int(in_channels)
+        return wrapper
     if postprocessing:
         raise ValueError(f"cannot export the post-processing: {reason}")
     log.info("%s: exporting the network only", reason)
-    return ScriptedNet(traced, names, divisor)
+    return ScriptedNet(traced, names, divisor, in_channels)
 
 
 def export_torchscript(
@@ -161,7 +176,7 @@ def export_torchscript(
         traced = torch.jit.trace(_TupleNet(model, names).eval(), example, check_trace=False)
     method, params = cfg.cluster.method, dict(cfg.cluster.params)
     wrapper = postprocessing_wrapper(
-        traced, names, facts["size_divisor"], method, params, postprocessing
+        traced, names, facts["size_divisor"], method, params, postprocessing, example.shape[1]
     )
     scripted = torch.jit.script(wrapper)
     path = Path(path)
