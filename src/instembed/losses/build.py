@@ -11,6 +11,7 @@ from instembed.losses.bilateral import BilateralLoss, bilateral_loss
 from instembed.losses.center_offset import CenterOffsetLoss, center_offset_loss
 from instembed.losses.discriminative import DiscriminativeLoss, discriminative_loss
 from instembed.losses.metric import MetricLoss, metric_loss
+from instembed.losses.recurrent import RecurrentAttentionLoss
 from instembed.losses.semantic import SemanticCE, semantic_ce
 from instembed.losses.semiconv_loss import SemiconvLoss, semiconv_loss
 from instembed.losses.spatial import SpatialEmbeddingLoss, spatial_embedding_loss
@@ -23,6 +24,7 @@ LOSSES: dict[str, type[nn.Module]] = {
     "spatial": SpatialEmbeddingLoss,
     "center_offset": CenterOffsetLoss,
     "semantic_ce": SemanticCE,
+    "recurrent_attention": RecurrentAttentionLoss,
 }
 
 FUNCTIONS = {

@@ -24,6 +24,8 @@ from instembed.models.erfnet import ERFNet
 from instembed.models.fcn8s import FCN8s
 from instembed.models.hrnet import HRNet
 from instembed.models.pspnet import PSPNet
+from instembed.models.recurrent import PARAM_TYPES as RECURRENT_PARAM_TYPES
+from instembed.models.recurrent import build_recurrent_attention
 from instembed.models.segnet import SegNet
 from instembed.models.unet import UNet
 from instembed.structures import DEFAULT_COORD_SCALE
@@ -94,7 +96,10 @@ def build_embedding_net(
     )
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"embedding": build_embedding_net}
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "embedding": build_embedding_net,
+    "recurrent_attention": build_recurrent_attention,
+}
 """Whole-model builders by family name: ``MODELS[name](in_channels=..., **params)``."""
 
 MODEL_PARAM_TYPES: dict[str, dict[str, Any]] = {
@@ -105,7 +110,8 @@ MODEL_PARAM_TYPES: dict[str, dict[str, Any]] = {
         "coord_scale": float,
         "coordconv": bool,
         "sigma_init": float,
-    }
+    },
+    "recurrent_attention": RECURRENT_PARAM_TYPES,
 }
 """Types of a family's named parameters, checked when a config is read (``model.params.<key>``);
 parameters not listed (e.g. a backbone's) are passed through unchecked."""
