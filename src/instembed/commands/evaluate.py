@@ -37,7 +37,8 @@ such as plant001 when it is unambiguous). Predictions of the ground truth's own 
 Crowd regions (COCO iscrowd) are scored as crowd ground truths (pycocotools' rule for AP,
 panopticapi's for PQ); ignore masks and void pixels (255) of the ground truth's semantic map are
 void. An item without prediction, a prediction without ground truth, an ambiguous name, an
-unreadable file or a size mismatch is an error naming them.
+unreadable file or a size mismatch is an error naming them; with --skip-bad, ground-truth items
+whose files cannot be read are skipped with a warning instead (and their predictions left out).
 Metric definitions: docs/metrics.md.
 """
 
@@ -124,6 +125,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated semantic classes scored as stuff (default: the data set's)",
     )
     parser.add_argument("--per-image", action="store_true", help="also print one row per image")
+    parser.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="skip ground-truth items whose files cannot be read (and their predictions) with a "
+        "warning instead of failing",
+    )
     add_threads_argument(parser)
 
 
@@ -206,9 +213,11 @@ class _Index:
 class _GroundTruth:
     """Ground truth by name, from label files or a data reader."""
 
-    def __init__(self, root: Path, fmt: str) -> None:
+    def __init__(self, root: Path, fmt: str, skip_bad: bool = False) -> None:
         self.root = root
         self.fmt = fmt
+        self.skip_bad = skip_bad
+        self.bad: list[tuple[str, str]] = []  # (item, why) skipped by the reader (skip_bad)
         if fmt == "labels":
             self.files = _label_files(root, "gt")
             self.names = list(self.files)
@@ -217,7 +226,8 @@ class _GroundTruth:
         else:
             from instembed.data.readers import open_dataset
 
-            self.reader = open_dataset(root, format=fmt)
+            self.reader = open_dataset(root, format=fmt, skip_bad=skip_bad)
+            self.bad = [(str(w), str(why)) for w, why in getattr(self.reader, "bad", [])]
             items = self.reader.items
             self.names = [item.name for item in items]
             if len(set(self.names)) != len(self.names):
@@ -226,6 +236,8 @@ class _GroundTruth:
             self.label_index = _Index([self.reader.label_keys(item) for item in items])
         self.index = _Index(keys)
         self.keys = keys
+        # names of the items the reader skipped: their predictions are left out, not errors
+        self.bad_index = _Index([[w, Path(w).with_suffix("").name] for w, _ in self.bad])
 
     def where(self, i: int) -> str:
         if self.fmt == "labels":
@@ -243,7 +255,8 @@ class _GroundTruth:
 def match(gt: _GroundTruth, preds: dict[str, Path], pred_root: Path) -> dict[int, str]:
     """Ground-truth item index -> prediction name; raises naming every problem."""
     by_item: dict[int, list[str]] = {}
-    unmatched, ambiguous, own_labels = [], [], []
+    unmatched, ambiguous, own_labels, of_bad = [], [], [], []
+    bad_index = getattr(gt, "bad_index", None)
     for name in preds:
         hits = gt.index.find(name)
         if len(hits) == 1:
@@ -253,6 +266,8 @@ def match(gt: _GroundTruth, preds: dict[str, Path], pred_root: Path) -> dict[int
             ambiguous.append(f"{name} (could be {', '.join(cands[:5])})")
         elif gt.label_index.find(name):
             own_labels.append(name)
+        elif bad_index is not None and bad_index.find(name):
+            of_bad.append(name)
         else:
             unmatched.append(name)
     problems = []
@@ -290,6 +305,12 @@ def match(gt: _GroundTruth, preds: dict[str, Path], pred_root: Path) -> dict[int
         print(
             f"note: left out {len(own_labels)} prediction(s) of the ground truth's own label "
             f"files: {', '.join(own_labels[:5])}{' ...' if len(own_labels) > 5 else ''}"
+        )
+    if of_bad:
+        print(
+            f"note: left out {len(of_bad)} prediction(s) of skipped ground-truth items: "
+            f"{', '.join(of_bad[:5])}{' ...' if len(of_bad) > 5 else ''}",
+            file=sys.stderr,
         )
     return {i: ns[0] for i, ns in sorted(by_item.items())}
 
@@ -447,7 +468,10 @@ def run(args: argparse.Namespace) -> int:
     from instembed.engine.evaluation import Scorer
 
     _apply_threads(args.threads)
-    gt = _GroundTruth(args.gt, args.gt_format)
+    skip_bad = bool(getattr(args, "skip_bad", False))
+    gt = _GroundTruth(args.gt, args.gt_format, skip_bad=skip_bad)
+    for where, why in gt.bad:
+        print(f"instembed evaluate: skipped ground truth {where}: {why}", file=sys.stderr)
     if not gt.names:
         raise ValueError(f"{args.gt}: no label files (.tif, .tiff, .png) found")
     preds = _label_files(args.pred, "pred")
@@ -455,8 +479,21 @@ def run(args: argparse.Namespace) -> int:
 
     scorer = None
     warned_classes = False
+    skipped = list(gt.bad)
     for i, pname in pairs.items():
-        g = gt.load(i)
+        try:
+            g = gt.load(i)
+        except (ValueError, OSError) as err:
+            if not skip_bad:
+                raise
+            msg = str(err)
+            print(
+                f"instembed evaluate: skipped ground truth {gt.where(i)} (and its prediction "
+                f"{pname}): {msg}",
+                file=sys.stderr,
+            )
+            skipped.append((gt.where(i), msg))
+            continue
         ppath = preds[pname]
         pred = prediction(ppath)
         g_inst = g if gt.fmt == "labels" else g.instances
@@ -499,16 +536,26 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as err:
             raise ValueError(f"{ppath} vs {gt.where(i)}: {err}") from err
 
+    if scorer is None:
+        raise ValueError(
+            f"{args.gt}: no ground-truth item left to score ({len(skipped)} skipped as bad)"
+        )
     summary = scorer.evaluator.summary(per_image=True)
     summary["gt"] = str(args.gt)
     summary["pred"] = str(args.pred)
     summary["gt_format"] = args.gt_format
+    bad_where = {w for w, _ in skipped}
     summary["matched"] = {
-        gt.names[i]: str(preds[p].relative_to(args.pred)) for i, p in pairs.items()
+        gt.names[i]: str(preds[p].relative_to(args.pred))
+        for i, p in pairs.items()
+        if gt.where(i) not in bad_where
     }
+    if skip_bad:
+        summary["skipped"] = [{"item": w, "error": why} for w, why in skipped]
+    print_skipped = f"; {len(skipped)} bad ground-truth item(s) skipped" if skipped else ""
     print(
         f"instembed evaluate: {summary['n_images']} images, {summary['n_gt']} ground-truth and "
-        f"{summary['n_pred']} predicted instances"
+        f"{summary['n_pred']} predicted instances{print_skipped}"
     )
     keys = [k for k in TABLE_KEYS if k in summary]
     width = max(len(k) for k in keys)

@@ -1,4 +1,5 @@
-"""``instembed predict --model M INPUTS... --out DIR [--tile SIZE --overlap PX] [--tta] [--batch N]``."""
+"""``instembed predict --model M INPUTS... --out DIR [--tile SIZE --overlap PX] [--tta] [--batch N]
+[--scale S] [--cluster KEY=VALUE ...]``."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ DESCRIPTION = """Segment images (files or folders) with a model: a checkpoint wr
 DIR/<stem>.tif (label image, 0 = background), DIR/<stem>.json (id, score, class, area, bbox per
 instance) and DIR/<stem>_overlay.png; optionally one COCO results json (RLE) and panoptic
 PNGs + json. Images that fail to load are reported, skipped and listed at the end, and the
-exit code is then 1."""
+exit code is then 1. --scale S resizes each image by S before the network (objects of another
+size than the model's training data: 0.5 when they are twice as large) and writes the results
+at the image's own size. --cluster overrides are checked against the clustering method's
+parameters (names, types, required ones) before any image is read."""
 
 
 def add_arguments(parser) -> None:
@@ -31,6 +35,14 @@ def add_arguments(parser) -> None:
         "--tta", action="store_true", help="test-time augmentation (8 flips/rotations)"
     )
     parser.add_argument("--batch", type=int, default=1, help="tiles per forward pass")
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="resize each image by S before the network (bilinear; e.g. 0.5 for objects twice "
+        "the size of the training data's); labels are written at the image's own size",
+    )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     parser.add_argument(
         "--channel",
@@ -55,9 +67,15 @@ def add_arguments(parser) -> None:
         nargs="*",
         default=[],
         metavar="KEY=VALUE",
-        help="override the clusterer: method=NAME and/or parameters, e.g. method=meanshift bandwidth=0.5",
+        help="override the clusterer: method=NAME and/or parameters, e.g. method=meanshift "
+        "bandwidth=0.5 (values parsed as YAML; a new method drops the model's parameters it "
+        "does not take); k-means needs k=N",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars (over images, and over the blocks of a large image)",
+    )
     parser.add_argument(
         "--overwrite",
         action="store_true",
@@ -67,22 +85,73 @@ def add_arguments(parser) -> None:
     add_threads_argument(parser)
 
 
-def _cluster_config(base, items: list[str]):
+def apply_cluster_overrides(base, items: list[str], *, key: str = "--cluster"):
+    """``base`` with ``KEY=VALUE`` items applied (values parsed as YAML; ``method=NAME``
+    switches the method, and then the base parameters the new method does not accept are
+    dropped). Only the syntax is checked here (:class:`ConfigError` naming ``key``); check the
+    result with :func:`instembed.engine.config.check_cluster`."""
     import dataclasses
 
     import yaml
 
-    method, params = base.method, dict(base.params)
+    from instembed.cluster.methods import find_method
+    from instembed.engine.config import ENGINE_PARAM_TYPES, ConfigError
+
+    method, given = base.method, {}
     for item in items:
         if "=" not in item:
-            raise ValueError(f"--cluster {item!r}: expected KEY=VALUE")
-        key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw)
-        if key == "method":
-            method = str(value)
+            raise ConfigError(f"{key} {item!r}: expected KEY=VALUE")
+        name, raw = item.split("=", 1)
+        name = name.strip()
+        if not name:
+            raise ConfigError(f"{key} {item!r}: empty key")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            raise ConfigError(f"{key} {name}: value {raw!r} is not valid YAML") from None
+        if name == "method":
+            if not isinstance(value, str):
+                raise ConfigError(f"{key} method: expected a method name, got {raw!r}")
+            method = value
         else:
-            params[key] = value
+            given[name] = value
+    params = dict(base.params)
+    spec = find_method(method)
+    if method != base.method and spec is not None and spec.params is not None:
+        keep = {*(spec.valid_params() or ()), *ENGINE_PARAM_TYPES}
+        params = {k: v for k, v in params.items() if k in keep}
+    params.update(given)
     return dataclasses.replace(base, method=method, params=params)
+
+
+def _cluster_config(base, items: list[str]):
+    """The model's clusterer with the ``--cluster`` items applied, checked for prediction:
+    known method and parameters, values of the parameters' types, required ones given (k-means's
+    ``k``, which training takes from the ground truth). ConfigError (one line) otherwise."""
+    from instembed.engine.config import check_cluster
+
+    return check_cluster(apply_cluster_overrides(base, items), require=True, key="--cluster")
+
+
+class _BlockProgress:
+    """``progress(done, total)`` callback of :class:`~instembed.engine.predict.Predictor`: a
+    tqdm bar over the blocks of one image on stderr, made at the first call."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.bar = name, None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            import sys
+
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=self.name, unit="block", leave=False, file=sys.stderr)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def run(args) -> int:
@@ -108,6 +177,12 @@ def run(args) -> int:
         raise ValueError(f"--tile must be >= 16 pixels, got {args.tile}")
     if args.overlap is not None and args.overlap < 0:
         raise ValueError(f"--overlap must be >= 0, got {args.overlap}")
+    if not args.scale > 0 or args.scale == float("inf"):
+        raise ValueError(f"--scale must be a number > 0, got {args.scale}")
+    if args.cluster:  # the syntax of the overrides, before the model is loaded
+        from instembed.engine.config import ClusterConfig
+
+        apply_cluster_overrides(ClusterConfig(), args.cluster)
     files, bad = expand_inputs(args.inputs)
     if not files and bad:
         for item, why in bad:
@@ -132,8 +207,9 @@ def run(args) -> int:
         overlap=args.overlap,
         tta=args.tta,
         batch=args.batch,
+        scale=args.scale,
     )
-    predictor.cluster = _cluster_config(predictor.cluster, args.cluster)
+    predictor.cluster = _cluster_config(predictor.cluster, args.cluster)  # before any image
     normalize = predictor.cfg.data.reader_params.get("normalize", "percentile")
     out.mkdir(parents=True, exist_ok=True)
     opts = WriteOptions(labels_format=args.format, overlay=not args.no_overlay)
@@ -158,8 +234,15 @@ def run(args) -> int:
             print(f"instembed predict: skipped {msg}", file=sys.stderr)
             bad.append((str(path), str(err)))
             continue
-        pred = predictor(image)
         stem = stem_of[path]
+        blocks = None
+        if not args.no_progress and predictor.will_block(image):
+            blocks = _BlockProgress(f"{stem} blocks")
+        try:
+            pred = predictor(image) if blocks is None else predictor(image, progress=blocks)
+        finally:
+            if blocks is not None:
+                blocks.close()
         write_prediction(out, stem, image, pred, opts)
         n_done += 1
         n_inst += pred.num_instances

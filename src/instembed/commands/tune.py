@@ -11,7 +11,9 @@ thresholds, plus overlapping masks when the ground truth has overlapping objects
 bandwidth; threshold: delta_v; center/offset: centre threshold) and keep the best by --metric.
 Prints one row per setting and the choice; --out writes a copy of the checkpoint whose stored
 config carries the chosen thresholds (then `instembed predict --model TUNED.pt` uses them).
-Tune on validation images, never on the images you report."""
+--grid names and values, and --cluster overrides, are checked against the clustering method's
+parameters (names, types) before the model runs. Tune on validation images, never on the
+images you report."""
 
 
 def add_arguments(parser) -> None:
@@ -35,7 +37,16 @@ def add_arguments(parser) -> None:
         nargs="*",
         default=[],
         metavar="KEY=V1,V2",
-        help="replace the grid, e.g. seed_thresh=0.5,0.7 prob_thresh=0.5 (default: per method)",
+        help="replace the grid, e.g. seed_thresh=0.5,0.7 prob_thresh=0.5 (default: per method; "
+        "values parsed as YAML, checked against the parameter's type)",
+    )
+    parser.add_argument(
+        "--cluster",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override the model's clusterer before tuning (as predict --cluster): "
+        "method=NAME and/or fixed parameters, e.g. min_size=20",
     )
     parser.add_argument("--out", default=None, help="write the tuned checkpoint here (.pt)")
     parser.add_argument("--json", dest="json_out", default=None, help="write every row here")
@@ -45,10 +56,17 @@ def add_arguments(parser) -> None:
         action="store_true",
         help="skip bad items of the data set with a warning instead of failing",
     )
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars (network over the images, clustering over the grid settings)",
+    )
     add_threads_argument(parser)
 
 
 def _grid(items: list[str]) -> dict[str, list] | None:
+    """``--grid KEY=V1,V2 ...`` -> ``{key: [values]}`` (values parsed as YAML); None when no
+    items. Only the syntax is checked here (:func:`check_grid` checks names and types)."""
     import yaml
 
     if not items:
@@ -58,21 +76,54 @@ def _grid(items: list[str]) -> dict[str, list] | None:
         if "=" not in item:
             raise ValueError(f"--grid {item!r}: expected KEY=V1,V2,...")
         key, raw = item.split("=", 1)
-        values = [yaml.safe_load(v) for v in raw.split(",") if v != ""]
+        key = key.strip()
+        if not key:
+            raise ValueError(f"--grid {item!r}: empty key")
+        values = []
+        for v in raw.split(","):
+            if v == "":
+                continue
+            try:
+                values.append(yaml.safe_load(v))
+            except yaml.YAMLError:
+                raise ValueError(f"--grid {key}: value {v!r} is not valid YAML") from None
         if not values:
             raise ValueError(f"--grid {item!r}: no values")
         grid[key] = values
     return grid
 
 
+def check_grid(grid: dict[str, list] | None, cluster) -> dict[str, list] | None:
+    """The grid with every name checked against the parameters of the clusterer's method and
+    every value against the parameter's type (ints given for floats made floats); one-line
+    ConfigError naming ``--grid KEY`` otherwise."""
+    import dataclasses
+
+    from instembed.engine.config import check_cluster
+
+    if grid is None:
+        return None
+    out: dict[str, list] = {}
+    for key, values in grid.items():
+        checked = []
+        for v in values:
+            cc = dataclasses.replace(cluster, params={**cluster.params, key: v})
+            checked.append(check_cluster(cc, require=False, key="--grid").params[key])
+        out[key] = checked
+    return out
+
+
 def run(args) -> int:
+    import dataclasses
     import json
+    import sys
     from pathlib import Path
 
     from instembed.commands._options import apply_threads, check_threads
+    from instembed.commands.predict import apply_cluster_overrides
     from instembed.data.readers import open_dataset
     from instembed.engine import checkpoint as ck
-    from instembed.engine.config import config_to_yaml
+    from instembed.engine.config import check_cluster, config_to_yaml
     from instembed.engine.distributed import resolve_device
     from instembed.engine.predict import Predictor, resolve_model
     from instembed.engine.tune import METRICS, tune_thresholds
@@ -85,8 +136,24 @@ def run(args) -> int:
         raise ValueError(f"--out must name a .pt file, got {args.out!r}")
     grid = _grid(args.grid)
     apply_threads(args.threads)
+    if args.cluster:  # the syntax of the overrides, before the model is loaded
+        from instembed.engine.config import ClusterConfig
+
+        apply_cluster_overrides(ClusterConfig(), args.cluster)
     predictor = Predictor.from_spec(args.model, device=device)
     cfg = predictor.cfg
+    # the clusterer with the overrides, and the grid, checked before the network runs
+    cluster = check_cluster(
+        apply_cluster_overrides(predictor.cluster, args.cluster), require=False, key="--cluster"
+    )
+    grid = check_grid(grid, cluster)
+    first = {k: v[0] for k, v in (grid or {}).items()}  # a required parameter may come from it
+    check_cluster(
+        dataclasses.replace(cluster, params={**cluster.params, **first}),
+        require=True,
+        key="--cluster",
+    )
+    predictor.cluster = cfg.cluster = cluster
     reader_params = dict(cfg.data.reader_params)
     if args.skip_bad:
         reader_params["skip_bad"] = True
@@ -100,8 +167,31 @@ def run(args) -> int:
         raise ValueError(f"{args.data}: no annotated images to tune on")
     samples = [reader[i] for i in range(n)]
     print(f"instembed tune: {n} image(s) from {args.data}, method {predictor.cluster.method}")
-    outputs = [predictor.outputs(s.image) for s in samples]
-    result = tune_thresholds(outputs, samples, predictor.cluster, grid=grid, metric=args.metric)
+    images = samples
+    if not args.no_progress:
+        from tqdm.auto import tqdm
+
+        images = tqdm(samples, desc="network", unit="image", leave=False, file=sys.stderr)
+    outputs = [predictor.outputs(s.image) for s in images]
+    bar = None
+
+    def progress(done: int, total: int) -> None:  # one step per grid setting
+        nonlocal bar
+        if args.no_progress:
+            return
+        if bar is None:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=total, desc="tune", unit="setting", file=sys.stderr)
+        bar.update(done - bar.n)
+
+    try:
+        result = tune_thresholds(
+            outputs, samples, predictor.cluster, grid=grid, metric=args.metric, progress=progress
+        )
+    finally:
+        if bar is not None:
+            bar.close()
 
     print("  ".join(f"{k:>10s}" for k in METRICS) + "  params")
     for row in result.rows:

@@ -312,6 +312,163 @@ def _check_model_params(mc: ModelConfig) -> ModelConfig:
     return dataclasses.replace(mc, params=params)
 
 
+# --------------------------------------------------------------------------- cluster section
+FILLED_AT_VALIDATION: dict[str, tuple[str, ...]] = {"kmeans": ("k",)}
+"""Required clusterer parameters that training-time validation fills in from the ground truth
+(:func:`instembed.engine.evaluation.cluster_config_for`: k-means gets the true number of
+objects). A training config may leave them out; prediction, tuning and export may not."""
+
+DEFAULT_CLUSTER: dict[str, Any] = {"method": "meanshift", "params": {"bandwidth": 0.5}}
+"""The clusterer of a training config without a ``cluster`` section (:func:`load_config`)."""
+
+ENGINE_PARAM_TYPES: dict[str, Any] = {
+    "foreground_classes": list[int] | None,
+    "stuff_classes": list[int],
+}
+"""Types of the engine's own ``cluster.params`` (read by :func:`instembed.engine.build.
+cluster_outputs` and ``predict --panoptic``, not by the clusterer)."""
+
+POST_PARAM_TYPES: dict[str, Any] = {
+    "min_size": int,
+    "fill_holes": bool,
+    "score": str,
+    "thing_classes": list[int] | None,
+    "fg_thresh": float,
+    "batch_index": int,
+    "overlap_thresh": float | None,
+}
+"""Types of the parameters the clustering dispatcher handles itself
+(:data:`instembed.cluster.methods.DENSE_PARAMS` / ``INSTANCE_PARAMS``)."""
+
+
+def _param_name(key: str, name: str) -> str:
+    """``cluster.params.k`` for a config section, ``--cluster k`` for a command-line option."""
+    return f"{key} {name}" if key.startswith("-") else f"{key}.{name}"
+
+
+def cluster_param_types(method: str) -> dict[str, Any]:
+    """``{parameter: type}`` of a clustering method: its function's annotations (else the type
+    of the default), the dispatcher's post-processing parameters (:data:`POST_PARAM_TYPES`)
+    and the engine's (:data:`ENGINE_PARAM_TYPES`). A parameter without a usable type (HDBSCAN's
+    ``**kwargs``) is left out: any value is accepted for it. ValueError for an unknown method."""
+    import inspect
+
+    from instembed.cluster.methods import INPUT_NAMES, get_method
+
+    spec = get_method(method)
+    try:
+        hints = typing.get_type_hints(spec.function)
+    except Exception:  # pragma: no cover - annotations that do not resolve: use the defaults
+        hints = {}
+    out: dict[str, Any] = dict(ENGINE_PARAM_TYPES)
+    out.update({k: v for k, v in POST_PARAM_TYPES.items() if k in spec.post_params})
+    for p in inspect.signature(spec.function).parameters.values():
+        if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+            continue
+        if p.name in INPUT_NAMES and p.kind is not p.KEYWORD_ONLY:
+            continue
+        tp = hints.get(p.name)
+        if tp is None and p.default is not p.empty and p.default is not None:
+            tp = type(p.default)
+        if tp is not None:
+            out[p.name] = tp
+    return out
+
+
+def check_cluster_value(value: Any, tp: Any, where: str) -> Any:
+    """``value`` checked against the parameter type ``tp`` (ints accepted for floats, numbers
+    written as text such as ``1e-3`` read as floats); :class:`ConfigError` naming ``where``
+    otherwise. Types the schema checker does not know (tensors, callables) accept anything."""
+    try:
+        return _coerce(value, tp, where)
+    except TypeError:  # an annotation the checker does not handle: not checked
+        return value
+
+
+def check_cluster(
+    cc: ClusterConfig,
+    *,
+    require: bool = True,
+    training: bool = False,
+    key: str = "cluster",
+) -> ClusterConfig:
+    """Check the clusterer of a config before any work starts; returns it with its parameter
+    values type-checked (and ints given for floats made floats).
+
+    Checked: the method is registered; every parameter is one of the method's (its function's
+    keyword parameters), the dispatcher's (``min_size``, ``fg_thresh`` ...) or the engine's
+    (``foreground_classes``, ``stuff_classes``); each value fits the parameter's type
+    (:func:`cluster_param_types`); with ``require`` the parameters without a default are given
+    -- with ``training`` except those validation fills in (:data:`FILLED_AT_VALIDATION`:
+    k-means's ``k``).
+
+    Args:
+        key: how errors name the section: ``"cluster"`` (``cluster.params.k: ...``) or a
+            command-line option such as ``"--cluster"`` (``--cluster k: ...``).
+
+    Raises:
+        ConfigError: one line naming the key and listing the valid names.
+    """
+    from instembed.cluster.methods import find_method, overlap_error, registered_methods
+
+    option = key.startswith("-")
+    method_key = f"{key} method" if option else f"{key}.method"
+    params_key = key if option else f"{key}.params"
+    spec = find_method(cc.method)
+    if spec is None:
+        raise ConfigError(
+            f"{method_key}: unknown clustering method {cc.method!r}; valid: "
+            f"{[m.name for m in registered_methods()]}"
+        )
+    params = dict(cc.params)
+    types = cluster_param_types(spec.name)
+    valid = None if spec.params is None else sorted({*(spec.valid_params() or ()), *types})
+    if valid is not None:
+        unknown = [p for p in params if p not in valid]
+        if unknown:
+            raise ConfigError(
+                f"{_param_name(params_key, str(unknown[0]))}: unknown parameter of method "
+                f"{spec.name!r}; valid: {valid}"
+            )
+    if require:
+        filled = FILLED_AT_VALIDATION.get(spec.name, ()) if training else ()
+        missing = [p for p in spec.required if p not in params and p not in filled]
+        if missing:
+            name = missing[0]
+            why = ""
+            if name in FILLED_AT_VALIDATION.get(spec.name, ()):
+                why = (
+                    " (training validation takes it from the ground truth; a model used without "
+                    "ground truth needs it given)"
+                )
+            fix = f"pass --cluster {name}=N" if name == "k" else f"pass --cluster {name}=VALUE"
+            if not option:
+                fix = f"set {params_key}.{name}"
+            raise ConfigError(
+                f"{_param_name(params_key, name)}: required by method {spec.name!r}{why}: "
+                f"{fix}; its parameters: {valid if valid is not None else list(spec.required)}"
+            )
+    for name, value in params.items():
+        if name in types:
+            params[name] = check_cluster_value(value, types[name], _param_name(params_key, name))
+    if spec.dense and params.get("overlap_thresh") is not None and spec.overlap is None:
+        raise ConfigError(
+            f"{_param_name(params_key, 'overlap_thresh')}: {overlap_error(spec.name)}"
+        )
+    return dataclasses.replace(cc, params=params)
+
+
+def validates(dc: DataConfig) -> bool:
+    """Whether a run on this data section has validation images, clustered with the config's
+    clusterer (synthetic: ``n_val`` > 0; a folder: ``val_path``, a recorded ``split`` or a
+    ``val_fraction`` > 0)."""
+    if dc.synth is not None:
+        return dc.n_val > 0
+    if dc.path is not None:
+        return dc.val_path is not None or dc.split is not None or dc.val_fraction > 0
+    return False
+
+
 # --------------------------------------------------------------------------- public API
 def config_from_dict(data: dict | None) -> Config:
     """Build a :class:`Config` from a nested mapping; missing keys keep their defaults."""
@@ -364,9 +521,14 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config (or start from defaults when ``path`` is None) and apply overrides.
+    """Read a YAML config (or start from defaults when ``path`` is None) and apply overrides:
+    the config of a training run.
 
-    Raises :class:`ConfigError` naming the file and key for unknown keys or wrong types, and
+    A config without a ``cluster`` section gets :data:`DEFAULT_CLUSTER`. Raises
+    :class:`ConfigError` naming the file and key for unknown keys or wrong types, an unknown
+    clustering method or parameter, a parameter value of the wrong type, or -- when the run has
+    validation images (:func:`validates`) -- a missing required one (:func:`check_cluster`;
+    k-means may leave out ``k``, which validation takes from the ground truth), and
     ``FileNotFoundError`` for a missing file.
     """
     data: dict = {}
@@ -381,7 +543,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
     try:
-        return config_from_dict(apply_overrides(data, overrides or []))
+        data = apply_overrides(data, overrides or [])
+        cfg = config_from_dict(data)
+        if "cluster" not in data:  # the dataclass default has no bandwidth
+            cfg.cluster = ClusterConfig(**copy.deepcopy(DEFAULT_CLUSTER))
+        # checked now, not at the first validation (required parameters if the run validates)
+        cfg.cluster = check_cluster(cfg.cluster, require=validates(cfg.data), training=True)
+        return cfg
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}" if path is not None else str(err)) from None
 

@@ -201,6 +201,37 @@ def evaluate_outputs(outputs: Sequence, samples: Sequence, cluster: ClusterConfi
     return score(samples, (cluster_outputs(out, cluster) for out in outputs))
 
 
+VAL_PROGRESS_MIN = 16
+"""Validation shows a progress bar (``run.progress``, main process) from this many images on."""
+
+
+class _Progress:
+    """``progress(done, total)`` callback drawing a tqdm bar on stderr, made at the first call
+    (``leave=False``: the training bar stays the last line); does nothing when not
+    ``enabled``."""
+
+    def __init__(self, desc: str, unit: str, enabled: bool) -> None:
+        self.desc, self.unit, self.enabled, self.bar = desc, unit, enabled, None
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            import sys
+
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(
+                total=total, desc=self.desc, unit=self.unit, leave=False, file=sys.stderr
+            )
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 def _count(instances: np.ndarray) -> int:
     if instances.ndim == 3:
         return int(instances.shape[0])
@@ -231,6 +262,9 @@ def validate(
     are tuned on them and the tuned values are reported as ``cluster/<param>``. Each rank
     evaluates samples ``rank::world``; the results are gathered so every rank returns the
     metrics of the whole set.
+
+    With ``run.progress`` and at least :data:`VAL_PROGRESS_MIN` images, the main process shows
+    a progress bar over its validation images (and over the tuning grid with ``val_tune``).
     """
     from instembed.engine.tune import GRIDS
 
@@ -243,20 +277,31 @@ def validate(
     tune = bool(cfg.run.val_tune) and cfg.cluster.method in GRIDS
     outs: list = []
     scorer = Scorer()
-    for i in range(dist.rank, n, dist.world):
-        s = samples[i]
-        image = torch.from_numpy(np.ascontiguousarray(s.image, np.float32))[None].to(device)
-        out = model(image).map(lambda t: t.detach().float().cpu())
-        if tune:  # clustered below, once per setting of the grid
-            outs.append(out)
-        else:
-            scorer.add(s, cluster_outputs(out, cluster_config_for(s, cfg.cluster)))
+    show = bool(cfg.run.progress) and dist.is_main and n >= VAL_PROGRESS_MIN
+    mine = range(dist.rank, n, dist.world)
+    progress = _Progress("validation", "image", show)
+    try:
+        for done, i in enumerate(mine, start=1):
+            s = samples[i]
+            image = torch.from_numpy(np.ascontiguousarray(s.image, np.float32))[None].to(device)
+            out = model(image).map(lambda t: t.detach().float().cpu())
+            if tune:  # clustered below, once per setting of the grid
+                outs.append(out)
+            else:
+                scorer.add(s, cluster_outputs(out, cluster_config_for(s, cfg.cluster)))
+            progress(done, len(mine))
+    finally:
+        progress.close()
     model.train(was_training)
     if tune:
         from instembed.engine.tune import tune_thresholds
 
         outs = gather_interleaved(outs, dist)
-        res = tune_thresholds(outs, samples[:n], cfg.cluster)
+        progress = _Progress("validation tuning", "setting", show)
+        try:
+            res = tune_thresholds(outs, samples[:n], cfg.cluster, progress=progress)
+        finally:
+            progress.close()
         log.info("validation with clustering thresholds tuned on it: %s", res.params)
         tuned = {f"cluster/{k}": float(v) for k, v in res.params.items() if v is not None}
         return {**res.metrics, **tuned}

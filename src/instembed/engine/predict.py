@@ -142,6 +142,13 @@ class Predictor:
     (default: the model's receptive field). Memory then grows with the block, not the image.
     ``outputs(image)`` still gives the whole image's network outputs (tiled and stitched when
     ``tile`` is given).
+
+    ``scale`` (> 0, default 1) resizes the image by that factor before the network (bilinear,
+    antialiased when shrinking), for objects of another size than the model was trained on (0.5
+    when they are twice as large); everything above then works on the resized image, and the
+    instances come back at the input size (:func:`rescale_instances`: labels, masks and the
+    semantic map by nearest neighbour, boxes scaled, scores and classes unchanged).
+    ``outputs(image)`` is not resized.
     """
 
     def __init__(
@@ -156,7 +163,9 @@ class Predictor:
         batch: int = 1,
         cluster: ClusterConfig | None = None,
         halo: int | None = None,
+        scale: float = 1.0,
     ) -> None:
+        self.scale = check_scale(scale)
         self.model = model.to(device).eval()
         self.cfg = cfg
         self.cluster = cluster or cfg.cluster
@@ -192,7 +201,26 @@ class Predictor:
         return x.to(self.device, torch.float32)
 
     def __call__(self, image, progress=None) -> Instances:
-        """Instances of one image; ``progress(done, total)`` is called after each block."""
+        """Instances of one image; ``progress(done, total)`` is called after each block (when
+        the image, resized by ``scale``, is segmented block by block)."""
+        if self.scale == 1.0:
+            return self._segment(image, progress)
+        x = self._tensor(image)
+        size = (int(x.shape[-2]), int(x.shape[-1]))
+        small = resize_image(x, scaled_size(size, self.scale))
+        pred = rescale_instances(self._segment(small, progress), size)
+        pred.meta["scale"] = self.scale
+        return pred
+
+    def will_block(self, image) -> bool:
+        """Whether ``self(image)`` segments the image block by block (its size after ``scale``
+        above ``AUTO_BLOCK_SIDE``, or ``tile`` given)."""
+        size = (int(image.shape[-2]), int(image.shape[-1]))
+        if self.scale != 1.0:
+            size = scaled_size(size, self.scale)
+        return auto_block(size, self.tile) is not None
+
+    def _segment(self, image, progress=None) -> Instances:
         import time
 
         t0 = time.perf_counter()
@@ -221,6 +249,81 @@ class Predictor:
         pred.meta["timing"] = {"total_s": time.perf_counter() - t0}
         pred.meta["blocks"] = n_blocks(size, block)
         return pred
+
+
+# --------------------------------------------------------------------------- scale
+def check_scale(scale) -> float:
+    """``scale`` as a float; ValueError unless it is a finite number > 0."""
+    import math
+
+    try:
+        value = float(scale)
+    except (TypeError, ValueError):
+        raise ValueError(f"scale must be a number > 0, got {scale!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"scale must be a number > 0, got {scale!r}")
+    return value
+
+
+def scaled_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
+    """(H, W) of an image of ``size`` resized by ``scale`` (rounded, at least 1 pixel)."""
+    return tuple(max(1, int(round(v * scale))) for v in size)  # type: ignore[return-value]
+
+
+def resize_image(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(C, H, W) float image resized to ``size`` (bilinear; antialiased when shrinking)."""
+    import torch.nn.functional as F
+
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    shrink = size[0] < x.shape[-2] or size[1] < x.shape[-1]
+    return F.interpolate(
+        x[None], size=tuple(size), mode="bilinear", align_corners=False, antialias=shrink
+    )[0]
+
+
+def _nearest_index(n_out: int, n_in: int) -> np.ndarray:
+    """Source index of each of ``n_out`` pixels resampled from ``n_in`` (pixel centres)."""
+    return np.minimum(((np.arange(n_out) + 0.5) * (n_in / n_out)).astype(np.int64), n_in - 1)
+
+
+def rescale_instances(pred: Instances, size: tuple[int, int]) -> Instances:
+    """Numpy :class:`Instances` of a resized image brought back to ``size`` (H, W): labels,
+    masks and the semantic map by nearest neighbour, boxes scaled; scores, classes and
+    centres unchanged. Instances that vanish (shrinking by nearest neighbour can lose one
+    pixel wide objects) are dropped, the others renumbered 1..N in order."""
+    pred = pred.numpy()
+    h0, w0 = pred.labels.shape
+    h, w = int(size[0]), int(size[1])
+    rows, cols = _nearest_index(h, h0), _nearest_index(w, w0)
+    labels = pred.labels[rows][:, cols]
+    masks = None if pred.masks is None else pred.masks[:, rows][:, :, cols]
+    semantic = None if pred.semantic is None else np.asarray(pred.semantic)[rows][:, cols]
+    boxes = None
+    if pred.boxes is not None:
+        boxes = np.asarray(pred.boxes, np.float32) * np.array(
+            [w / w0, h / h0, w / w0, h / h0], np.float32
+        )
+    out = Instances(
+        labels=labels,
+        scores=pred.scores,
+        classes=pred.classes,
+        centers=pred.centers,
+        masks=masks,
+        boxes=boxes,
+        semantic=semantic,
+        meta=dict(pred.meta),
+    )
+    n = len(out)
+    if masks is not None:
+        present = masks.reshape(n, -1).any(1)
+    else:
+        present = np.zeros(n + 1, bool)
+        present[np.unique(labels)] = True
+        present = present[1:]
+    if not present.all():
+        out = out[np.flatnonzero(present)]
+    return out
 
 
 # --------------------------------------------------------------------------- inputs / outputs

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -68,6 +68,7 @@ def tune_thresholds(
     cluster: ClusterConfig,
     grid: dict[str, list] | None = None,
     metric: str = "AP_dsb@0.5",
+    progress: Callable[[int, int], None] | None = None,
 ) -> TuneResult:
     """Grid search over clustering parameters (see the module docstring).
 
@@ -77,6 +78,7 @@ def tune_thresholds(
         cluster: the clusterer to start from; grid values replace its parameters.
         grid: ``{param: [values]}``; None: :func:`default_grid`.
         metric: the summary key to maximise (ties: COCO AP).
+        progress: called with (settings done, settings in all) after each setting.
     """
     if not samples:
         raise ValueError("tune_thresholds needs at least one annotated image")
@@ -84,7 +86,8 @@ def tune_thresholds(
     keys = sorted(grid)
     rows: list[dict] = []
     best: tuple | None = None
-    for values in itertools.product(*(grid[k] for k in keys)):
+    total = int(np.prod([len(grid[k]) for k in keys])) if keys else 1
+    for done, values in enumerate(itertools.product(*(grid[k] for k in keys)), start=1):
         params = dict(zip(keys, values))
         cc = dataclasses.replace(cluster, params={**cluster.params, **params})
         m = evaluate_outputs(outputs, samples, cc)
@@ -95,5 +98,7 @@ def tune_thresholds(
         key = (m[metric], m.get("AP", 0.0))
         if best is None or key > best[0]:
             best = (key, params, m)
+        if progress is not None:
+            progress(done, total)
     assert best is not None
     return TuneResult(params=best[1], metrics=best[2], rows=rows)
