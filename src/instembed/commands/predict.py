@@ -24,12 +24,26 @@ def add_arguments(parser) -> None:
         "--model", required=True, help="checkpoint .pt, run folder, or pretrained name"
     )
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--tile", type=int, default=None, help="tile size in pixels (large images)")
+    parser.add_argument(
+        "--tile",
+        type=int,
+        default=None,
+        help="segment block by block with blocks of SIZE px (automatic, 512 px, for images with "
+        "a side over 1024 px); memory then grows with the block, not the image",
+    )
+    parser.add_argument(
+        "--halo",
+        type=int,
+        default=64,
+        help="pixels around each block clustered with it: at least the radius of the largest "
+        "object (half the length of a worm)",
+    )
     parser.add_argument(
         "--overlap",
         type=int,
         default=None,
-        help="overlap between tiles in pixels (default: from the model's receptive field)",
+        help="network context around each block region, twice the pixels on each side "
+        "(default: the model's receptive field)",
     )
     parser.add_argument(
         "--tta", action="store_true", help="test-time augmentation (8 flips/rotations)"
@@ -177,6 +191,8 @@ def run(args) -> int:
         raise ValueError(f"--tile must be >= 16 pixels, got {args.tile}")
     if args.overlap is not None and args.overlap < 0:
         raise ValueError(f"--overlap must be >= 0, got {args.overlap}")
+    if args.halo < 0:
+        raise ValueError(f"--halo must be >= 0, got {args.halo}")
     if not args.scale > 0 or args.scale == float("inf"):
         raise ValueError(f"--scale must be a number > 0, got {args.scale}")
     if args.cluster:  # the syntax of the overrides, before the model is loaded
@@ -208,6 +224,7 @@ def run(args) -> int:
         tta=args.tta,
         batch=args.batch,
         scale=args.scale,
+        halo=args.halo,
     )
     predictor.cluster = _cluster_config(predictor.cluster, args.cluster)  # before any image
     normalize = predictor.cfg.data.reader_params.get("normalize", "percentile")
