@@ -44,12 +44,14 @@ from instembed.cluster.hdbscan import hdbscan_cluster
 from instembed.cluster.kmeans import kmeans_cluster
 from instembed.cluster.meanshift import meanshift_cluster
 from instembed.cluster.seeded import overlap_masks, seeded_cluster
+from instembed.cluster.slots import run_slots, slot_instances
 from instembed.cluster.threshold import threshold_cluster
 from instembed.cluster.torchscript import CenterOffsetExport, SeededExport
 from instembed.structures import DENSE_FIELDS, Instances, Outputs
 
 INPUT_NAMES = frozenset(
     {"embedding", "foreground", "seed", "sigma", "center", "offset", "thing", "instances"}
+    | {"semantic"}  # the slot logits of "slots"
 )
 """Names of the (positional) parameters of the method functions that are inputs, not
 parameters; a keyword-only parameter is always a parameter (k-means's random ``seed``)."""
@@ -485,3 +487,5 @@ for _method in (
 ):
     register(_method)
 del _method
+register(Method("slots", ("semantic",), slot_instances, run_slots, foreground=None, dense=False,
+                description="ordered-slot logits: each slot's connected pixels one instance"))  # fmt: skip

@@ -10,7 +10,9 @@ from torch import nn
 from instembed.losses.bilateral import BilateralLoss, bilateral_loss
 from instembed.losses.center_offset import CenterOffsetLoss, center_offset_loss
 from instembed.losses.discriminative import DiscriminativeLoss, discriminative_loss
+from instembed.losses.isfcn import ISFCNLoss, isfcn_loss
 from instembed.losses.metric import MetricLoss, metric_loss
+from instembed.losses.ordering import OrderingLoss, ordering_loss
 from instembed.losses.recurrent import RecurrentAttentionLoss
 from instembed.losses.semantic import SemanticCE, semantic_ce
 from instembed.losses.semiconv_loss import SemiconvLoss, semiconv_loss
@@ -25,6 +27,8 @@ LOSSES: dict[str, type[nn.Module]] = {
     "center_offset": CenterOffsetLoss,
     "semantic_ce": SemanticCE,
     "recurrent_attention": RecurrentAttentionLoss,
+    "isfcn": ISFCNLoss,
+    "ordering": OrderingLoss,
 }
 
 FUNCTIONS = {
@@ -35,6 +39,8 @@ FUNCTIONS = {
     "spatial": spatial_embedding_loss,
     "center_offset": center_offset_loss,
     "semantic_ce": semantic_ce,
+    "isfcn": isfcn_loss,
+    "ordering": ordering_loss,
 }
 # keyword arguments the modules fill from ``outputs`` / ``batch`` themselves
 _FILLED = {

@@ -23,6 +23,8 @@ from instembed.models.enet import ENet
 from instembed.models.erfnet import ERFNet
 from instembed.models.fcn8s import FCN8s
 from instembed.models.hrnet import HRNet
+from instembed.models.isfcn import ISFCN_PARAM_TYPES, build_isfcn
+from instembed.models.ordering import ORDERING_PARAM_TYPES, build_ordering_net
 from instembed.models.pspnet import PSPNet
 from instembed.models.recurrent import PARAM_TYPES as RECURRENT_PARAM_TYPES
 from instembed.models.recurrent import build_recurrent_attention
@@ -99,6 +101,8 @@ def build_embedding_net(
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "embedding": build_embedding_net,
     "recurrent_attention": build_recurrent_attention,
+    "isfcn": build_isfcn,
+    "ordering": build_ordering_net,
 }
 """Whole-model builders by family name: ``MODELS[name](in_channels=..., **params)``."""
 
@@ -112,6 +116,8 @@ MODEL_PARAM_TYPES: dict[str, dict[str, Any]] = {
         "sigma_init": float,
     },
     "recurrent_attention": RECURRENT_PARAM_TYPES,
+    "isfcn": ISFCN_PARAM_TYPES,
+    "ordering": ORDERING_PARAM_TYPES,
 }
 """Types of a family's named parameters, checked when a config is read (``model.params.<key>``);
 parameters not listed (e.g. a backbone's) are passed through unchecked."""

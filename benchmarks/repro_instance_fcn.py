@@ -1,0 +1,279 @@
+"""Instance-sensitive FCN (Dai et al. 2016) vs spatial-centre ordering vs a semi-convolutional
+embedding (Novotny et al. 2018) at equal step budgets on synthetic touching cells and the
+coloring-dilemma dot grid; AP_dsb@0.5 and COCO AP on fresh test images.
+
+    python benchmarks/repro_instance_fcn.py --quick     # 300 steps per run, 4 test images
+    python benchmarks/repro_instance_fcn.py             # 1500 steps per run, 8 test images
+
+Every run goes through the engine's Trainer (the registered families, losses and
+post-processings, as ``instembed train`` runs them): the same U-Net backbone (depth 2, width
+16), the same data (64 x 64 synthetic images, 48 x 48 crops, batch 4, 64 training images), the
+same optimiser and number of steps; the scores are on test images of another seed through
+``instembed.engine.evaluation.score``.
+
+* ``isfcn``: configs/touching_cells_isfcn.yaml's model (3 x 3 score maps, windows 15 / 21),
+  "detections" post-processing;
+* ``ordering``: configs/dot_grid_ordering.yaml's model (30 slots), "slots" post-processing
+  (``mode=largest``: one instance per slot); ``ordering/components`` re-scores the same model
+  with ``mode=components`` (every connected component of every slot an instance: identity
+  from connectivity instead of the slot -- a diagnostic, not the method);
+* ``semiconv``: configs/dot_grid_semiconv.yaml's semi-convolutional embedding (2-D, coord
+  scale 1/14, discriminative loss) on the same backbone, plus a 2-class semantic head for the
+  foreground; k-means with the true number of objects (the coloring-dilemma protocol: an
+  oracle count).
+
+Writes ``benchmarks/results/repro_instance_fcn.json`` and the figure
+``benchmarks/results/instance_fcn/ordering_dot_grid.png`` (ordered-slot predictions on a dot
+grid: where ordering fails).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+MODES = {
+    "quick": {"steps": 300, "n_test": 4, "test_size": (64, 64)},
+    "full": {"steps": 1500, "n_test": 8, "test_size": (96, 96)},
+}
+DATASETS = {
+    "touching_cells": {"synth": "touching_cells", "synth_params": {}},
+    "dot_grid": {"synth": "dot_grid", "synth_params": {"radius": 4, "spacing": 14}},
+}
+BACKBONE = {"backbone": "unet", "depth": 2, "width": 16}
+METHODS = {
+    "isfcn": {
+        "model": {"name": "isfcn", "params": {"k": 3, "window_sizes": [15, 21], "stride": 2}},
+        "loss": {"name": "isfcn", "params": {}},
+        "cluster": {"method": "detections", "params": {"score_thresh": 0.5, "nms_iou": 0.3}},
+    },
+    "ordering": {
+        "model": {"name": "ordering", "params": {"num_slots": 30}},
+        "loss": {"name": "ordering", "params": {"background_weight": 0.1}},
+        "cluster": {"method": "slots", "params": {"min_size": 5}},
+    },
+    "semiconv": {
+        "model": {
+            "name": "embedding",
+            "params": {
+                "heads": {"embedding": 2, "semantic": 2},
+                "semiconv": True,
+                "coord_scale": 1 / 14,
+            },
+        },
+        "loss": {
+            "name": "discriminative",
+            "params": {"delta_v": 0.1, "delta_d": 0.35},
+            "extra": [{"name": "semantic_ce", "weight": 1.0, "params": {}}],
+        },
+        "cluster": {"method": "kmeans", "params": {"foreground_classes": [1]}},
+    },
+}
+# re-scored with another post-processing, no training
+RESCORE = {
+    "ordering/components": (
+        "ordering",
+        {"method": "slots", "params": {"min_size": 5, "mode": "components"}},
+    )
+}
+KEYS = ("AP_dsb@0.5", "AP", "AP50", "AP75", "SBD")
+
+
+def config(method: str, dataset: str, steps: int, seed: int) -> dict:
+    m = copy.deepcopy(METHODS[method])
+    backbone = dict(BACKBONE)
+    m["model"]["backbone"] = backbone.pop("backbone")
+    m["model"]["params"].update(backbone)
+    return {
+        "data": {
+            **copy.deepcopy(DATASETS[dataset]),
+            "n_train": 64,
+            "n_val": 2,
+            "size": [64, 64],
+            "crop": [48, 48],
+            "batch_size": 4,
+        },
+        **m,
+        "optim": {"lr": 0.003, "warmup_steps": 20, "grad_clip": 5.0},
+        "run": {
+            "steps": steps,
+            "val_every": 0,
+            "ckpt_every": 0,
+            "progress": False,
+            "tensorboard": False,
+            "seed": seed,
+            "best_metric": "AP",
+        },
+    }
+
+
+def evaluate(model, samples, cluster) -> tuple[dict, list]:
+    from instembed.engine.build import cluster_outputs
+    from instembed.engine.evaluation import cluster_config_for, score
+
+    model.eval()
+    preds, outs = [], []
+    with torch.no_grad():
+        for s in samples:
+            out = model(torch.from_numpy(np.ascontiguousarray(s.image))[None])
+            out = out.map(lambda t: t.detach().float().cpu())
+            outs.append(out)
+            preds.append(cluster_outputs(out, cluster_config_for(s, cluster)))
+    m = score(samples, preds)
+    return {k: round(float(m[k]), 4) for k in KEYS if k in m}, outs
+
+
+def figure(sample, out, path: Path) -> None:
+    """Ordered-slot predictions on a dot grid: image, true slots, predicted slots, instances."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from instembed.cluster import cluster_embeddings
+    from instembed.losses.ordering import slot_targets
+
+    labels = torch.from_numpy(np.asarray(sample.instances).astype(np.int64))
+    true = slot_targets(labels, out.semantic.shape[1] - 1).numpy()
+    logits = out.semantic[0]
+    pred = logits.argmax(0).numpy()
+    inst = cluster_embeddings(out, "slots", min_size=5).numpy()
+    k = out.semantic.shape[1] - 1
+    cmap = plt.get_cmap("nipy_spectral", k + 1)
+    fig, ax = plt.subplots(1, 4, figsize=(16, 4.4))
+    ax[0].imshow(sample.image[0], cmap="gray")
+    ax[0].set_title("image")
+    for a, slots, title in (
+        (ax[1], true, "true slots (x, then y)"),
+        (ax[2], pred, "predicted slots (argmax)"),
+    ):
+        shown = np.ma.masked_where((slots == 0) | (slots > k), slots)
+        a.imshow(np.zeros_like(slots), cmap="gray", vmin=0, vmax=1)
+        a.imshow(shown, cmap=cmap, vmin=0, vmax=k, interpolation="nearest")
+        a.set_title(title)
+    for lab in np.unique(true[(true > 0) & (true <= k)]):
+        ys, xs = np.nonzero(true == lab)
+        ax[1].text(xs.mean(), ys.mean(), str(lab), color="w", ha="center", va="center", fontsize=7)
+    for lab in np.unique(pred[pred > 0]):
+        ys, xs = np.nonzero(pred == lab)
+        if len(ys) >= 5:
+            ax[2].text(
+                xs.mean(), ys.mean(), str(lab), color="w", ha="center", va="center", fontsize=7
+            )
+    shown = np.ma.masked_where(inst.labels == 0, inst.labels)
+    ax[3].imshow(np.zeros_like(inst.labels), cmap="gray", vmin=0, vmax=1)
+    ax[3].imshow(shown, cmap="tab20", interpolation="nearest")
+    n_true = int(len(np.unique(labels[labels > 0])))
+    ax[3].set_title(f"'slots' instances: {len(inst)} of {n_true} dots")
+    for a in ax:
+        a.set_xticks([])
+        a.set_yticks([])
+    fig.suptitle("Spatial-centre ordering on identical dots: slots of copies are confused")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="CI-sized run")
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: fastest when busy)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=None, help="override the mode's step budget")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(args.threads)
+    from instembed.data.synth import make_samples
+    from instembed.engine.config import ClusterConfig, config_from_dict
+    from instembed.engine.trainer import Trainer
+
+    mode = "quick" if args.quick else "full"
+    p = dict(MODES[mode])
+    if args.steps is not None:
+        p["steps"] = int(args.steps)
+    out = Path(args.out)
+    results: dict = {}
+    seconds: dict = {}
+    configs: dict = {}
+    t_all = time.perf_counter()
+    for dataset, spec in DATASETS.items():
+        test = make_samples(spec["synth"], p["n_test"], size=p["test_size"], seed=1000 + args.seed,
+                            **spec["synth_params"])  # fmt: skip
+        results[dataset], seconds[dataset] = {}, {}
+        for method in METHODS:
+            d = config(method, dataset, p["steps"], args.seed)
+            configs[f"{dataset}/{method}"] = d
+            cfg = config_from_dict(d)
+            t0 = time.perf_counter()
+            with tempfile.TemporaryDirectory() as tmp:
+                trainer = Trainer(cfg, Path(tmp) / "run")
+                trainer.fit()
+                model = trainer.model
+            train_s = time.perf_counter() - t0
+            metrics, outs = evaluate(model, test, cfg.cluster)
+            results[dataset][method] = metrics
+            seconds[dataset][method] = round(train_s, 1)
+            print(
+                json.dumps(
+                    {"dataset": dataset, "method": method, **metrics, "train_s": round(train_s, 1)}
+                ),
+                flush=True,
+            )
+            for name, (base, cc) in RESCORE.items():
+                if base == method:
+                    cluster = ClusterConfig(**cc)
+                    results[dataset][name], _ = evaluate(model, test, cluster)
+                    print(
+                        json.dumps({"dataset": dataset, "method": name, **results[dataset][name]}),
+                        flush=True,
+                    )
+            if method == "ordering" and dataset == "dot_grid":
+                figure(test[0], outs[0], out / "instance_fcn" / "ordering_dot_grid.png")
+    result = {
+        "benchmark": "instance_fcn",
+        "script": "benchmarks/repro_instance_fcn.py" + (" --quick" if args.quick else ""),
+        "mode": mode,
+        "protocol": {
+            "steps": p["steps"],
+            "n_test": p["n_test"],
+            "test_size": list(p["test_size"]),
+            "test_seed": 1000 + args.seed,
+            "train": "64 synthetic 64x64 images, 48x48 crops, batch 4, flips/rot90 (engine defaults)",
+            "backbone": BACKBONE,
+            "semiconv_clustering": "k-means with the true number of objects, semantic-head foreground",
+            "configs": configs,
+        },
+        "metrics": results,
+        "train_seconds": seconds,
+        "figures": ["instance_fcn/ordering_dot_grid.png"],
+        "seconds": round(time.perf_counter() - t_all, 1),
+        "threads": torch.get_num_threads(),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "repro_instance_fcn.json").write_text(json.dumps(result, indent=1) + "\n")
+    names = [*METHODS, *RESCORE]
+    print(f"\n{'dataset':16s} {'method':22s} {'AP_dsb@0.5':>10s} {'AP':>7s} {'AP50':>7s}")
+    for dataset, per in results.items():
+        for name in names:
+            m = per[name]
+            print(
+                f"{dataset:16s} {name:22s} {m['AP_dsb@0.5']:10.3f} {m['AP']:7.3f} {m['AP50']:7.3f}"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
