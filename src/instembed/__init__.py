@@ -6,6 +6,9 @@ The pipeline, one sub-package per stage::
                                                         \-> cluster -> Instances -> metrics / writers
 
 ``instembed.metrics`` needs only numpy and scipy; everything else builds on PyTorch.
+
+One call segments an image: ``instembed.segment(image, model="bbbc039-nuclei")``
+(:func:`instembed.api.segment`, exported lazily: ``import instembed`` does not import torch).
 """
 
 import logging
@@ -13,3 +16,19 @@ import logging
 __version__ = "0.1.0"
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+__all__ = ["__version__", "segment"]
+
+
+def __getattr__(name: str):
+    # lazy exports: the function's module (and torch, at its first call) load on first use
+    if name == "segment":
+        from instembed.api import segment
+
+        globals()["segment"] = segment
+        return segment
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
