@@ -268,15 +268,6 @@ def test_predict_refuses_kmeans_without_k(tmp_path, capsys):
     assert tifffile.imread(tmp_path / "o2" / "a.tif").max() == 3
 
 
-def test_export_refuses_kmeans_without_k_unless_network_only(tmp_path, capsys):
-    model = checkpoint(tmp_path / "km.pt", ClusterConfig("kmeans", {}), heads={"embedding": 4})
-    args = ["export", "--model", str(model), "--format", "torchscript"]
-    assert main([*args, "--out", str(tmp_path / "m.ts")]) == 2
-    assert "k" in one_line_error(capsys) and not (tmp_path / "m.ts").exists()
-    assert main([*args, "--out", str(tmp_path / "n.ts"), "--network-only"]) == 0
-    assert (tmp_path / "n.ts").is_file()
-
-
 def test_predict_refuses_a_negative_halo(seeded_model, tmp_path, capsys):
     image = image_file(tmp_path / "a.png")
     args = ["predict", str(image), "--model", str(seeded_model), "--no-progress"]

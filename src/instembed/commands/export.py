@@ -43,10 +43,6 @@ def run(args) -> int:
 
     apply_threads(args.threads)
     model, cfg = load_model(args.model, "cpu")
-    if not args.network_only:  # the same check as predict: e.g. k-means needs its k
-        from instembed.engine.config import check_cluster
-
-        check_cluster(cfg.cluster, require=True, key="cluster")
     if args.format == "torchscript":
         post = False if args.network_only else None
         path = export_torchscript(model, cfg, args.out, args.example_size, post)
