@@ -20,9 +20,10 @@ ALLOWED = {
     "structures": set(),
     "targets": {"structures"},
     "data": {"data", "structures", "targets"},
-    "models": {"models", "structures"},
-    "losses": {"losses", "structures", "targets"},
-    "cluster": {"cluster", "structures"},
+    "detection": {"detection", "structures"},
+    "models": {"models", "structures", "detection"},
+    "losses": {"losses", "structures", "targets", "detection"},
+    "cluster": {"cluster", "structures", "detection"},
     "metrics": {"metrics", "structures"},
     "engine": {"engine", "data", "models", "losses", "cluster", "metrics", *NEUTRAL},
 }

@@ -196,3 +196,14 @@ def test_predict_cli_refuses_a_bad_scale(tiny_checkpoint, tmp_path, capsys, valu
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--scale must be a number > 0" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_rescale_of_an_empty_mask_stack_prediction():
+    # a mask-stack model (e.g. Mask R-CNN) that found nothing: (0, h, w) masks
+    empty = Instances(
+        labels=np.zeros((8, 10), np.int32),
+        scores=np.zeros(0, np.float32),
+        masks=np.zeros((0, 8, 10), bool),
+    )
+    out = rescale_instances(empty, (16, 20))
+    assert len(out) == 0 and out.labels.shape == (16, 20) and out.masks.shape == (0, 16, 20)

@@ -316,7 +316,7 @@ def rescale_instances(pred: Instances, size: tuple[int, int]) -> Instances:
     )
     n = len(out)
     if masks is not None:
-        present = masks.reshape(n, -1).any(1)
+        present = masks.reshape(n, masks.shape[1] * masks.shape[2]).any(1)  # n may be 0
     else:
         present = np.zeros(n + 1, bool)
         present[np.unique(labels)] = True

@@ -11,6 +11,7 @@ from instembed.losses.bilateral import BilateralLoss, bilateral_loss
 from instembed.losses.center_offset import CenterOffsetLoss, center_offset_loss
 from instembed.losses.discriminative import DiscriminativeLoss, discriminative_loss
 from instembed.losses.isfcn import ISFCNLoss, isfcn_loss
+from instembed.losses.maskrcnn import MaskRCNNLoss, SemiconvMaskRCNNLoss
 from instembed.losses.metric import MetricLoss, metric_loss
 from instembed.losses.ordering import OrderingLoss, ordering_loss
 from instembed.losses.recurrent import RecurrentAttentionLoss
@@ -109,3 +110,7 @@ def build_loss(name: str, **params) -> nn.Module:
         return LOSSES[key](**params)
     except TypeError as e:
         raise TypeError(f"bad parameters for loss {key!r}: {e}") from e
+
+
+register_loss("maskrcnn", MaskRCNNLoss)
+register_loss("semiconv_maskrcnn", SemiconvMaskRCNNLoss)

@@ -24,11 +24,14 @@ from instembed.models.erfnet import ERFNet
 from instembed.models.fcn8s import FCN8s
 from instembed.models.hrnet import HRNet
 from instembed.models.isfcn import ISFCN_PARAM_TYPES, build_isfcn
+from instembed.models.maskrcnn import MASKRCNN_PARAM_TYPES, build_maskrcnn
 from instembed.models.ordering import ORDERING_PARAM_TYPES, build_ordering_net
 from instembed.models.pspnet import PSPNet
 from instembed.models.recurrent import PARAM_TYPES as RECURRENT_PARAM_TYPES
 from instembed.models.recurrent import build_recurrent_attention
 from instembed.models.segnet import SegNet
+from instembed.models.semiconv_maskrcnn import SEMICONV_MASKRCNN_PARAM_TYPES as SCM_TYPES
+from instembed.models.semiconv_maskrcnn import build_semiconv_maskrcnn
 from instembed.models.unet import UNet
 from instembed.structures import DEFAULT_COORD_SCALE
 
@@ -164,3 +167,7 @@ def build_model(name: str, in_channels: int = 1, **params) -> nn.Module:
         return MODELS[key](in_channels=in_channels, **params)
     except TypeError as e:
         raise TypeError(f"bad parameters for model {key!r}: {e}") from e
+
+
+register_model("maskrcnn", build_maskrcnn, MASKRCNN_PARAM_TYPES)
+register_model("semiconv_maskrcnn", build_semiconv_maskrcnn, SCM_TYPES)
