@@ -151,33 +151,19 @@ def _prepare(
     """Raw ``(C, H, W)`` pixels -> the ``(channels, H, W)`` float32 image the model takes, by
     the steps of :func:`instembed.data.io.load_image` (channel pick, normalisation, averaging
     to gray with a logged notice / repeating gray)."""
-    from instembed.data.normalize import normalize_image
+    from instembed.data.io import model_channels
 
-    if channel is not None:
-        if not 0 <= channel < chw.shape[0]:
-            raise ValueError(
-                f"segment: channel {channel} asked for, but the image has {chw.shape[0]} "
-                f"channel(s) (0..{chw.shape[0] - 1})"
+    def average_notice(n: int) -> None:
+        if not notice:
+            notice.append(True)
+            log.warning(
+                "segment: the %d image channels were averaged to 1 gray channel for a "
+                "1-channel model; to use one channel instead pass channel=C (C in 0..%d)",
+                n,
+                n - 1,
             )
-        chw = chw[channel : channel + 1]
-    img = normalize_image(chw, mode)
-    if img.shape[0] != channels:
-        if channels == 1:
-            if not notice:
-                notice.append(True)
-                log.warning(
-                    "segment: the %d image channels were averaged to 1 gray channel for a "
-                    "1-channel model; to use one channel instead pass channel=C (C in 0..%d)",
-                    img.shape[0],
-                    img.shape[0] - 1,
-                )
-            img = img.mean(0, keepdims=True)
-        elif img.shape[0] == 1:
-            img = np.repeat(img, channels, 0)
-        else:
-            raise ValueError(
-                f"segment: the image has {img.shape[0]} channels, the model takes {channels}"
-            )
+
+    img = model_channels(chw, mode, channels, channel, "segment", average_notice)
     if not np.isfinite(img).all():
         bad = int((~np.isfinite(img)).sum())
         raise ValueError(

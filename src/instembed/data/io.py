@@ -223,6 +223,42 @@ def probe(path: str | os.PathLike) -> ImageInfo:
     return ImageInfo((int(h), int(w)), chans, dtype)
 
 
+def model_channels(
+    chw: np.ndarray,
+    normalize: str,
+    channels: int | None,
+    channel: int | None,
+    where: str,
+    on_average=None,
+) -> np.ndarray:
+    """Raw ``(C, H, W)`` pixels -> the normalised image with the caller's channel count: pick
+    ``channel`` (when given), normalise, then average colour to gray (``channels=1``; calls
+    ``on_average(C)`` first, for the caller's notice) or repeat gray (``channels > 1``).
+    Errors are :class:`ImageReadError` starting with ``where`` (a file name, or ``segment``)."""
+    if channel is not None:
+        if isinstance(channel, bool) or not isinstance(channel, (int, np.integer)):
+            raise TypeError(f"channel must be an int or None, got {channel!r}")
+        if not 0 <= channel < chw.shape[0]:
+            raise ImageReadError(
+                f"{where}: channel {channel} asked for, but the image has {chw.shape[0]} "
+                f"channel(s) (0..{chw.shape[0] - 1})"
+            )
+        chw = chw[channel : channel + 1]
+    img = normalize_image(chw, normalize)
+    if channels is not None and img.shape[0] != channels:
+        if channels == 1:
+            if on_average is not None:
+                on_average(img.shape[0])
+            img = img.mean(0, keepdims=True)
+        elif img.shape[0] == 1:
+            img = np.repeat(img, channels, 0)
+        else:
+            raise ImageReadError(
+                f"{where}: the image has {img.shape[0]} channels, the model takes {channels}"
+            )
+    return img
+
+
 def load_image(
     path: str | os.PathLike,
     normalize: str = "percentile",
@@ -243,35 +279,20 @@ def load_image(
     """
     raw = read_image(path)
     chw = to_chw(raw, path=str(path))
-    if channel is not None:
-        if isinstance(channel, bool) or not isinstance(channel, (int, np.integer)):
-            raise TypeError(f"channel must be an int or None, got {channel!r}")
-        if not 0 <= channel < chw.shape[0]:
-            raise ImageReadError(
-                f"{path}: channel {channel} asked for, but the image has {chw.shape[0]} "
-                f"channel(s) (0..{chw.shape[0] - 1})"
+
+    def notice(n: int) -> None:
+        if str(path) not in _AVERAGED:
+            _AVERAGED.add(str(path))
+            log.warning(
+                "%s: the %d image channels were averaged to 1 gray channel for a 1-channel "
+                "model; to use one channel instead pass channel=C (predict: --channel C, "
+                "C in 0..%d)",
+                path,
+                n,
+                n - 1,
             )
-        chw = chw[channel : channel + 1]
-    img = normalize_image(chw, normalize)
-    if channels is not None and img.shape[0] != channels:
-        if channels == 1:
-            if str(path) not in _AVERAGED:
-                _AVERAGED.add(str(path))
-                log.warning(
-                    "%s: the %d image channels were averaged to 1 gray channel for a 1-channel "
-                    "model; to use one channel instead pass channel=C (predict: --channel C, "
-                    "C in 0..%d)",
-                    path,
-                    img.shape[0],
-                    img.shape[0] - 1,
-                )
-            img = img.mean(0, keepdims=True)
-        elif img.shape[0] == 1:
-            img = np.repeat(img, channels, 0)
-        else:
-            raise ImageReadError(
-                f"{path}: image has {img.shape[0]} channels, cannot make {channels}"
-            )
+
+    img = model_channels(chw, normalize, channels, channel, str(path), notice)
     return np.ascontiguousarray(img, np.float32), str(raw.dtype)
 
 
