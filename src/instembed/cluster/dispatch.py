@@ -24,12 +24,7 @@ from instembed.cluster.methods import (
     overlap_error,
 )
 from instembed.cluster.panoptic import majority_class
-from instembed.cluster.postprocess import (
-    fill_holes,
-    instance_scores,
-    relabel_sequential,
-    remove_small_instances,
-)
+from instembed.cluster.postprocess import fill_holes, finish_partition, remove_small_instances
 from instembed.cluster.threads import one_intra_op_thread
 from instembed.structures import Instances, Outputs
 
@@ -137,22 +132,12 @@ def _cluster_embeddings(
         ctx.field(name)  # a clear error for a missing field, before the parameters
     check_own_params(spec, params)
     labels, centers, seed_scores = spec.run(ctx, params)
-    h, w = labels.shape
-    if labels.shape != (h, w):
-        raise AssertionError("clusterer returned a label image of the wrong shape")
-    if do_fill:
+    if do_fill:  # holes filled after the small instances went (scipy, eager only)
         labels = fill_holes(remove_small_instances(labels, min_size))
-        labels, old = relabel_sequential(labels)
-    else:  # minimum size and relabelling in one pass; ids are at most the number of centres
-        labels, old = relabel_sequential(labels, min_size, centers.shape[0])
-    n = old.numel()
-    idx = (old - 1).clamp(min=0)
-    centers = centers.index_select(0, idx) if centers.shape[0] > 0 else centers[:0]
-    if seed_scores is not None:
-        seed_scores = seed_scores.index_select(0, idx) if seed_scores.numel() > 0 else seed_scores
-    scores = instance_scores(
-        labels, n, mode=score_mode, seed_scores=seed_scores, foreground_prob=seed_map
+    labels, scores, centers = finish_partition(
+        labels, centers, seed_scores, 0 if do_fill else min_size, score_mode, seed_map
     )
+    n = int(scores.shape[0])
     classes = None
     if semantic is not None:
         cand = thing_classes if thing_classes is not None else range(out.semantic.shape[1])

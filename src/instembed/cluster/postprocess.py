@@ -177,3 +177,31 @@ def instance_scores(
     a = seed if seed is not None else ones
     b = fg_mean if fg_mean is not None else ones
     return a * b
+
+
+def finish_partition(
+    labels: Tensor,
+    centers: Tensor,
+    seed_scores: Tensor | None,
+    min_size: int,
+    score_mode: str,
+    foreground_prob: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The post-processing of a dense method's partition, shared by :func:`cluster_embeddings`
+    and the TorchScript exporters (scriptable; ``fill_holes`` is applied before it, eagerly):
+    instances under ``min_size`` pixels removed and ids made sequential in one pass (ids are at
+    most the number of centres), centres and seed scores taken along, one score per instance
+    (``score_mode``).
+
+    Returns:
+        labels (H, W) int64 ids 1..N, scores (N,) float32, centers (N, D).
+    """
+    labels, old = relabel_sequential(labels, min_size, centers.shape[0])
+    n = old.numel()
+    idx = (old - 1).clamp(min=0)
+    centers = centers.index_select(0, idx) if centers.shape[0] > 0 else centers[:0]
+    if seed_scores is not None:
+        if seed_scores.numel() > 0:
+            seed_scores = seed_scores.index_select(0, idx)
+    scores = instance_scores(labels, n, score_mode, seed_scores, foreground_prob)
+    return labels, scores, centers

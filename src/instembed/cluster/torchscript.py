@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from instembed.cluster.center_offset import center_offset_cluster
-from instembed.cluster.postprocess import SCORE_MODES, instance_scores, relabel_sequential
+from instembed.cluster.postprocess import SCORE_MODES, finish_partition
 from instembed.cluster.seeded import overlap_masks, seeded_cluster
 
 ENGINE_PARAMS = ("foreground_classes", "stuff_classes")
@@ -68,32 +68,6 @@ def _dtype_name(t: Tensor) -> str:
     if d == torch.complex128:
         return "torch.complex128"
     return "a non-floating dtype"
-
-
-def finish_partition(
-    labels: Tensor,
-    centers: Tensor,
-    seed_scores: Tensor | None,
-    min_size: int,
-    score_mode: str,
-    foreground_prob: Tensor | None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """The post-processing of a dense method's partition in :func:`cluster_embeddings` (without
-    ``fill_holes``): instances under ``min_size`` pixels removed and ids made sequential in one
-    pass, centres and seed scores taken along, one score per instance (``score_mode``).
-
-    Returns:
-        labels (H, W) int64 ids 1..N, scores (N,) float32, centers (N, D).
-    """
-    labels, old = relabel_sequential(labels, min_size, centers.shape[0])
-    n = old.numel()
-    idx = (old - 1).clamp(min=0)
-    centers = centers.index_select(0, idx) if centers.shape[0] > 0 else centers[:0]
-    if seed_scores is not None:
-        if seed_scores.numel() > 0:
-            seed_scores = seed_scores.index_select(0, idx)
-    scores = instance_scores(labels, n, score_mode, seed_scores, foreground_prob)
-    return labels, scores, centers
 
 
 def label_masks(labels: Tensor, n: int) -> Tensor:
