@@ -111,6 +111,18 @@ def _anchors(inst: Instances) -> np.ndarray:
     return out
 
 
+def _extents(inst: Instances) -> list:
+    """(rows, columns) slices of each instance's bounding box (numpy Instances); an empty
+    instance gets empty slices."""
+    from scipy import ndimage as ndi
+
+    if inst.masks is None:
+        found = ndi.find_objects(inst.labels.astype(np.int32, copy=False), max_label=len(inst))
+    else:
+        found = [ndi.find_objects(m.astype(np.int8), max_label=1)[0] for m in inst.masks]
+    return [(slice(0, 0), slice(0, 0)) if f is None else f for f in found]
+
+
 def segment_blockwise(
     region_outputs: Callable[[int, int, int, int], Outputs],
     size: tuple[int, int],
@@ -159,16 +171,17 @@ def segment_blockwise(
         any_classes |= inst.classes is not None
         any_masks |= inst.masks is not None
         view = labels[b.ry0 : b.ry1, b.rx0 : b.rx1]
+        extents = _extents(inst)
         for k in np.flatnonzero(keep):
-            m = inst.masks[k] if inst.masks is not None else inst.labels == k + 1
+            sl = extents[k]  # work inside the instance's bounding box only
+            y0, y1, x0, x1 = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
+            m = inst.masks[k][sl] if inst.masks is not None else inst.labels[sl] == k + 1
             new_id = len(scores) + 1
-            view[m & (view == 0)] = new_id
+            view[sl][m & (view[sl] == 0)] = new_id
             scores.append(float(inst.scores[k]))
             classes.append(int(inst.classes[k]) if inst.classes is not None else 0)
             if inst.masks is not None:
-                ys, xs = np.nonzero(m)
-                y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-                crops.append((b.ry0 + y0, b.rx0 + x0, b.ry0 + y1, b.rx0 + x1, m[y0:y1, x0:x1]))
+                crops.append((b.ry0 + y0, b.rx0 + x0, b.ry0 + y1, b.rx0 + x1, m))
         if progress is not None:
             progress(i + 1, len(blocks))
     masks = None
