@@ -17,7 +17,18 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["AnchorGenerator", "ImageList"]
+__all__ = ["AnchorGenerator", "ImageList", "shifted_anchors"]
+
+
+def shifted_anchors(base: Tensor, gh: int, gw: int, sh: int, sw: int) -> Tensor:
+    """(gh * gw * A, 4) anchors: the (A, 4) cell anchors ``base`` shifted to every position of
+    a ``(gh, gw)`` feature map with strides ``(sh, sw)`` (row-major; TorchScript compiles it)."""
+    shifts_x = torch.arange(gw, dtype=torch.int64, device=base.device) * sw
+    shifts_y = torch.arange(gh, dtype=torch.int64, device=base.device) * sh
+    sy, sx = torch.meshgrid(shifts_y, shifts_x, indexing="ij")
+    sx, sy = sx.reshape(-1), sy.reshape(-1)
+    shifts = torch.stack((sx, sy, sx, sy), dim=1).to(base.dtype)
+    return (shifts[:, None, :] + base[None, :, :]).reshape(-1, 4)
 
 
 class ImageList:
@@ -109,12 +120,7 @@ class AnchorGenerator(nn.Module):
         out = []
         for (gh, gw), (sh, sw), base in zip(grid_sizes, strides, self.cell_anchors):
             base = base.to(dtype=dtype, device=device)
-            shifts_x = torch.arange(int(gw), dtype=torch.int64, device=device) * int(sw)
-            shifts_y = torch.arange(int(gh), dtype=torch.int64, device=device) * int(sh)
-            sy, sx = torch.meshgrid(shifts_y, shifts_x, indexing="ij")
-            sx, sy = sx.reshape(-1), sy.reshape(-1)
-            shifts = torch.stack((sx, sy, sx, sy), dim=1).to(dtype)
-            out.append((shifts[:, None, :] + base[None, :, :]).reshape(-1, 4))
+            out.append(shifted_anchors(base, int(gh), int(gw), int(sh), int(sw)))
         return out
 
     def forward(

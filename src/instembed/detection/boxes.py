@@ -25,6 +25,7 @@ __all__ = [
     "box_area",
     "box_iou",
     "clip_boxes_to_image",
+    "decode_boxes",
     "nms",
     "remove_small_boxes",
 ]
@@ -108,6 +109,30 @@ def _greedy_keep(
     return order[torch.as_tensor(keep, dtype=torch.long, device=device)]
 
 
+def _greedy_keep_script(
+    boxes: Tensor, scores: Tensor, iou_threshold: float, groups: Tensor | None = None
+) -> Tensor:
+    """:func:`_greedy_keep` in TorchScript (no NumPy): the same suppression matrix, visited in
+    the same order, hence the same indices."""
+    n = int(boxes.shape[0])
+    if n == 0:
+        return torch.zeros(0, dtype=torch.long, device=boxes.device)
+    order = torch.sort(scores.detach(), descending=True, stable=True).indices
+    b = _upcast(boxes.detach()).index_select(0, order)
+    over = box_iou(b, b) > iou_threshold  # (n, n): box i (sorted) suppresses box j
+    if groups is not None:
+        g = groups.detach().index_select(0, order)
+        over &= g[:, None] == g[None, :]
+    over = over.cpu()
+    removed = torch.zeros(n, dtype=torch.bool)
+    keep: list[int] = []
+    for i in range(n):
+        if not bool(removed[i]):
+            keep.append(i)
+            removed = removed | over[i]  # entries up to i are never read again
+    return order[torch.tensor(keep, dtype=torch.long, device=boxes.device)]
+
+
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     """Greedy non-maximum suppression (``torchvision.ops.nms``).
 
@@ -123,6 +148,8 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     Returns:
         (K,) int64 indices of the kept boxes, by decreasing score, on the boxes' device.
     """
+    if torch.jit.is_scripting():
+        return _greedy_keep_script(boxes, scores, float(iou_threshold))
     return _greedy_keep(boxes, scores, float(iou_threshold))
 
 
@@ -136,6 +163,8 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     Returns:
         (K,) int64 indices of the kept boxes, by decreasing score.
     """
+    if torch.jit.is_scripting():
+        return _greedy_keep_script(boxes, scores, float(iou_threshold), idxs)
     return _greedy_keep(boxes, scores, float(iou_threshold), idxs)
 
 
@@ -222,19 +251,29 @@ class BoxCoder:
     def decode_single(self, rel_codes: Tensor, boxes: Tensor) -> Tensor:
         """(N, 4 k) boxes from (N, 4 k) deltas applied to (N, 4) ``boxes``, in the deltas'
         dtype; ``dw, dh`` clamped to at most ``bbox_xform_clip``."""
-        boxes = boxes.to(rel_codes.dtype)
-        wx, wy, ww, wh = self.weights
-        widths = (boxes[:, 2] - boxes[:, 0])[:, None]
-        heights = (boxes[:, 3] - boxes[:, 1])[:, None]
-        ctr_x = boxes[:, 0, None] + 0.5 * widths
-        ctr_y = boxes[:, 1, None] + 0.5 * heights
-        dx = rel_codes[:, 0::4] / wx
-        dy = rel_codes[:, 1::4] / wy
-        dw = (rel_codes[:, 2::4] / ww).clamp(max=self.bbox_xform_clip)
-        dh = (rel_codes[:, 3::4] / wh).clamp(max=self.bbox_xform_clip)
-        cx = dx * widths + ctr_x
-        cy = dy * heights + ctr_y
-        half_w = 0.5 * torch.exp(dw) * widths
-        half_h = 0.5 * torch.exp(dh) * heights
-        out = torch.stack((cx - half_w, cy - half_h, cx + half_w, cy + half_h), dim=2)
-        return out.flatten(1)
+        return decode_boxes(rel_codes, boxes, self.weights, self.bbox_xform_clip)
+
+
+def decode_boxes(
+    rel_codes: Tensor,
+    boxes: Tensor,
+    weights: tuple[float, float, float, float],
+    bbox_xform_clip: float,
+) -> Tensor:
+    """:meth:`BoxCoder.decode_single` as a function (TorchScript compiles it)."""
+    boxes = boxes.to(rel_codes.dtype)
+    wx, wy, ww, wh = weights
+    widths = (boxes[:, 2] - boxes[:, 0])[:, None]
+    heights = (boxes[:, 3] - boxes[:, 1])[:, None]
+    ctr_x = boxes[:, 0, None] + 0.5 * widths
+    ctr_y = boxes[:, 1, None] + 0.5 * heights
+    dx = rel_codes[:, 0::4] / wx
+    dy = rel_codes[:, 1::4] / wy
+    dw = (rel_codes[:, 2::4] / ww).clamp(max=bbox_xform_clip)
+    dh = (rel_codes[:, 3::4] / wh).clamp(max=bbox_xform_clip)
+    cx = dx * widths + ctr_x
+    cy = dy * heights + ctr_y
+    half_w = 0.5 * torch.exp(dw) * widths
+    half_h = 0.5 * torch.exp(dh) * heights
+    out = torch.stack((cx - half_w, cy - half_h, cx + half_w, cy + half_h), dim=2)
+    return out.flatten(1)

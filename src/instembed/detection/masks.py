@@ -26,9 +26,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["paste_masks_in_image"]
+__all__ = ["paste_masks", "paste_masks_in_image"]
 
 _MAX_ELEMENTS = 1 << 24  # image pixels pasted at a time (in windows around the boxes)
+
+
+def _tiny(dtype: torch.dtype) -> float:
+    """``torch.finfo(dtype).tiny`` (which TorchScript lacks) of a floating dtype."""
+    if dtype == torch.float64:
+        return 2.2250738585072014e-308
+    if dtype == torch.float16:
+        return 6.103515625e-05
+    if dtype == torch.bfloat16:
+        return 1.1754943508222875e-38
+    return 1.1754943508222875e-38  # float32
 
 
 def _axis(lo: Tensor, hi: Tensor, size: int, m: int) -> tuple[Tensor, Tensor]:
@@ -40,14 +51,14 @@ def _axis(lo: Tensor, hi: Tensor, size: int, m: int) -> tuple[Tensor, Tensor]:
     centres = start[:, None] + torch.arange(n, device=lo.device)[None, :] + 0.5
     centres = centres.to(lo.dtype)
     inside = (centres >= lo[:, None]) & (centres < hi[:, None])  # (L, n)
-    extent = (hi - lo).clamp(min=torch.finfo(lo.dtype).tiny)
+    extent = (hi - lo).clamp(min=_tiny(lo.dtype))
     # F.interpolate's source index (align_corners=False), clamped to the mask
     src = ((centres - lo[:, None]) * (m / extent)[:, None] - 0.5).clamp(0, m - 1)
     i0 = src.floor()
     frac = (src - i0) * inside
     i0 = i0.long()
     i1 = (i0 + 1).clamp(max=m - 1)
-    w = torch.zeros(*src.shape, m, dtype=lo.dtype, device=lo.device)
+    w = torch.zeros(src.shape[0], src.shape[1], m, dtype=lo.dtype, device=lo.device)
     w.scatter_add_(2, i0[..., None], ((1 - frac) * inside)[..., None])
     w.scatter_add_(2, i1[..., None], frac[..., None])
     return start, w
@@ -95,11 +106,24 @@ def paste_masks_in_image(
     if masks.ndim != 3:
         raise ValueError(f"masks must be (N, M, M) or (N, 1, M, M), got {tuple(masks.shape)}")
     height, width = int(image_shape[0]), int(image_shape[1])
+    return paste_masks(masks, boxes, height, width, threshold, _MAX_ELEMENTS)
+
+
+def paste_masks(
+    masks: Tensor,
+    boxes: Tensor,
+    height: int,
+    width: int,
+    threshold: float | None = 0.5,
+    max_elements: int = 1 << 24,
+) -> Tensor:
+    """:func:`paste_masks_in_image` of (N, Mh, Mw) ``masks`` (TorchScript compiles it);
+    ``max_elements`` bounds the image pixels pasted at a time."""
     n = int(masks.shape[0])
     m = masks if masks.is_floating_point() else masks.float()
     b = boxes.to(dtype=m.dtype, device=m.device)
     out = m.new_zeros(n, height, width, dtype=m.dtype if threshold is None else torch.bool)
-    step = max(1, _MAX_ELEMENTS // max(1, height * width))  # bounds the windows of a chunk
+    step = max(1, max_elements // max(1, height * width))  # bounds the windows of a chunk
     for s in range(0, n, step):
         _paste(m[s : s + step], b[s : s + step], out[s : s + step], threshold)
     return out

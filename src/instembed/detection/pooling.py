@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["RoIAlign", "roi_align"]
+__all__ = ["RoIAlign", "roi_align", "roi_align_rois"]
 
 _MAX_ELEMENTS = 1 << 26  # sampled values held at a time (per grid_sample call)
 
@@ -73,7 +73,7 @@ def _sample_group(
     grid of ``grid = (gh, gw)`` points per bin."""
     oh, ow = out_hw
     gh, gw = grid
-    c, h, w = feat.shape[1:]
+    c, h, w = int(feat.shape[1]), int(feat.shape[2]), int(feat.shape[3])
     dtype, device = feat.dtype, feat.device
     ph = torch.arange(oh, dtype=dtype, device=device)
     pw = torch.arange(ow, dtype=dtype, device=device)
@@ -134,8 +134,26 @@ def roi_align(
     if input.ndim != 4:
         raise ValueError(f"input must be (N, C, H, W), got shape {tuple(input.shape)}")
     oh, ow = _pair(output_size)
-    n, c, h, w = input.shape
-    rois = convert_boxes_to_roi_format(boxes, input.dtype, input.device).detach()
+    rois = convert_boxes_to_roi_format(boxes, input.dtype, input.device)
+    return roi_align_rois(
+        input, rois, oh, ow, float(spatial_scale), int(sampling_ratio), aligned, _MAX_ELEMENTS
+    )
+
+
+def roi_align_rois(
+    input: Tensor,
+    rois: Tensor,
+    oh: int,
+    ow: int,
+    spatial_scale: float,
+    sampling_ratio: int,
+    aligned: bool,
+    max_elements: int = 1 << 26,
+) -> Tensor:
+    """:func:`roi_align` of (K, 5) ``rois`` into ``oh x ow`` bins (TorchScript compiles it);
+    ``max_elements`` bounds the values sampled per ``grid_sample`` call."""
+    c = int(input.shape[1])
+    rois = rois.detach()
     k = int(rois.shape[0])
     if k == 0:
         return input.new_zeros(0, c, oh, ow)
@@ -150,18 +168,23 @@ def roi_align(
         rw, rh = rw.clamp(min=1.0), rh.clamp(min=1.0)
     bw, bh = rw / ow, rh / oh
     if sampling_ratio > 0:
-        gh = gw = torch.full_like(bidx, int(sampling_ratio))
+        gh = torch.full_like(bidx, int(sampling_ratio))
+        gw = gh
     else:  # per-RoI grids; a RoI of size <= 0 (aligned) gets no sample and pools to 0
         gh = torch.ceil(bh).clamp(min=0).long()
         gw = torch.ceil(bw).clamp(min=0).long()
     n_gh, n_gw = int(gh.max()) + 1, int(gw.max()) + 1
     key = (bidx * n_gh + gh) * n_gw + gw  # one group per image and sampling grid
-    outs, where = [], []
-    feat, feat_b = None, -1
-    for kv in torch.unique(key).tolist():  # sorted: image by image
+    outs: list[Tensor] = []
+    where: list[Tensor] = []
+    feat = input[:1]
+    feat_b = -1
+    keys: list[int] = torch.unique(key).tolist()
+    for kv in keys:  # sorted: image by image
         sel = (key == kv).nonzero().squeeze(1)
-        b, rest = divmod(kv, n_gh * n_gw)
-        g_h, g_w = divmod(rest, n_gw)
+        b = kv // (n_gh * n_gw)
+        rest = kv % (n_gh * n_gw)
+        g_h, g_w = rest // n_gw, rest % n_gw
         if g_h == 0 or g_w == 0:
             outs.append(input.new_zeros(int(sel.numel()), c, oh, ow))
             where.append(sel)
@@ -171,7 +194,7 @@ def roi_align(
             if feat.device.type == "cpu":
                 feat = feat.contiguous(memory_format=torch.channels_last)
         per_roi = (c + 3) * oh * ow * g_h * g_w  # samples and grid
-        step = max(1, _MAX_ELEMENTS // per_roi)
+        step = max(1, max_elements // per_roi)
         for s in range(0, int(sel.numel()), step):
             part = sel[s : s + step]
             outs.append(

@@ -25,6 +25,13 @@ Other clusterers (mean-shift, threshold, k-means, HDBSCAN) are data-dependent Py
 file holds the network only and ``m.has_postprocessing`` is False. Every file carries the run
 config as the extra file ``config.yaml``.
 
+Families that return instances themselves: Mask R-CNN and the semi-convolutional Mask R-CNN
+(``m(image) -> boxes, scores, classes, masks``, the whole detector) and the instance-sensitive
+FCN (``m(image) -> dict`` of its maps, ``m.detect(image)``), see
+:mod:`instembed.engine.export_instances`; the ``detections`` post-processing is not compiled in.
+Another family that returns instances (recurrent attention) is refused with a ValueError naming
+what exists.
+
 ONNX. Network only, exported with PyTorch's TorchScript-based exporter (``dynamo=False``, which
 needs no ``onnxscript``), with dynamic batch, height and width. The graph contains no padding:
 inputs must have H and W multiples of the ``size_divisor`` stored in the model's metadata
@@ -51,6 +58,7 @@ __all__ = [
     "CenterOffsetExport",
     "ScriptedNet",
     "SeededExport",
+    "export_instance_model",
     "export_onnx",
     "export_torchscript",
     "output_names",
@@ -76,9 +84,7 @@ class _TupleNet(nn.Module):
 
 
 def _example(model: nn.Module, size: int | None) -> Tensor:
-    from instembed.engine.inference import model_facts
-
-    d = model_facts(model)["size_divisor"]
+    d = int(getattr(model, "size_divisor", 1) or 1)  # model_facts' divisor, nothing measured
     side = size or max(64, 2 * d)
     side += (-side) % d
     c = int(getattr(model, "in_channels", 1))
@@ -87,16 +93,59 @@ def _example(model: nn.Module, size: int | None) -> Tensor:
 
 def output_names(model: nn.Module, example: Tensor) -> list[str]:
     """The dense output fields of ``model`` (what the exported file returns); a model that
-    returns instances itself (proposal-based, recurrent) is refused with a clear error."""
+    returns instances itself (proposal-based, recurrent) is refused with a clear error (its
+    TorchScript export goes through :func:`export_instance_model`)."""
     with torch.no_grad():
         out = model(example)
     if out.instances is not None:
         raise ValueError(
-            f"export: {type(model).__name__} returns instances itself (Outputs.instances); the "
-            "TorchScript / ONNX export traces dense output maps only -- this model family has "
-            "no exporter yet"
+            f"export: {type(model).__name__} returns instances itself (Outputs.instances); "
+            "ONNX export traces dense output maps only -- export it to TorchScript "
+            f"({_instance_support()})"
         )
     return list(out.to_dict())
+
+
+def _instance_support() -> str:
+    return (
+        "TorchScript exports of instance-returning families: maskrcnn, semiconv_maskrcnn "
+        "(detector: boxes, scores, classes, masks) and isfcn (network + dense windows)"
+    )
+
+
+def returns_instances(model: nn.Module, example: Tensor) -> bool:
+    """Whether ``model`` (in eval mode) returns ``Outputs.instances`` on ``example``."""
+    with torch.no_grad():
+        return model.eval()(example).instances is not None
+
+
+def export_instance_model(
+    model: nn.Module, example: Tensor, postprocessing: bool | None = None
+) -> torch.jit.ScriptModule:
+    """The scripted module of a model that returns instances itself
+    (:mod:`instembed.engine.export_instances`): Mask R-CNN and the semi-convolutional Mask
+    R-CNN (``m(image) -> boxes, scores, classes, masks``), the instance-sensitive FCN (``m(image)
+    -> dict`` of its maps, ``m.detect(image) -> masks, scores, centers``). A family without an
+    exporter (the recurrent attention model) is refused with a ValueError naming it and what
+    exists. The ``"detections"`` post-processing is not compiled in: ``postprocessing=True``
+    is refused."""
+    from instembed.engine.export_instances import instance_exporter
+
+    exporter = instance_exporter(model)
+    if exporter is None:
+        raise ValueError(
+            f"export: {type(model).__name__} returns instances itself (Outputs.instances) and "
+            f"its family has no TorchScript exporter: its inference loop (per-step Python "
+            f"control flow) is not compiled; {_instance_support()}"
+        )
+    if postprocessing:
+        raise ValueError(
+            f"export: the post-processing of {type(model).__name__} (the 'detections' method: "
+            "mask threshold, score threshold, mask NMS) has no TorchScript version; the file "
+            "holds the raw detections -- export without requiring post-processing"
+        )
+    with _quiet_tracer():
+        return torch.jit.script(exporter(model, example))
 
 
 def postprocessing_wrapper(
@@ -170,6 +219,12 @@ def export_torchscript(
 
     model = model.eval()
     example = _example(model, example_size)
+    path = Path(path)
+    if returns_instances(model, example):
+        scripted = export_instance_model(model, example, postprocessing)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        scripted.save(str(path), _extra_files={"config.yaml": config_to_yaml(cfg)})
+        return path
     names = output_names(model, example)
     facts = model_facts(model)
     with torch.no_grad(), _quiet_tracer():
@@ -179,7 +234,6 @@ def export_torchscript(
         traced, names, facts["size_divisor"], method, params, postprocessing, example.shape[1]
     )
     scripted = torch.jit.script(wrapper)
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     scripted.save(str(path), _extra_files={"config.yaml": config_to_yaml(cfg)})
     return path

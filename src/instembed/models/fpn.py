@@ -95,5 +95,8 @@ class GradScale(torch.autograd.Function):
 
 
 def grad_scale(x: Tensor, scale: float) -> Tensor:
-    """``x`` unchanged, with its gradient scaled by ``scale`` on the way back."""
+    """``x`` unchanged, with its gradient scaled by ``scale`` on the way back (plain ``x``
+    under ``torch.jit.trace``, which cannot record an autograd Function: export is inference)."""
+    if torch.jit.is_tracing():
+        return x
     return GradScale.apply(x, scale)

@@ -61,7 +61,7 @@ ISFCN_PARAM_TYPES = {
 
 
 # --------------------------------------------------------------------------- assembling
-def part_index(m: int, k: int, device: torch.device | str | None = None) -> Tensor:
+def part_index(m: int, k: int, device: torch.device | None = None) -> Tensor:
     """(m, m) int64: the score map each pixel of an ``m x m`` window copies,
     ``(a * k // m) * k + (b * k // m)`` for window pixel ``(a, b)``."""
     part = torch.arange(m, device=device) * k // m
@@ -106,7 +106,9 @@ def assemble_windows(maps: Tensor, tops: Tensor, m: int, k: int) -> tuple[Tensor
     return torch.where(valid, values, torch.zeros_like(values)), valid
 
 
-def centre_grid(size: tuple[int, int], stride: int, device=None) -> tuple[Tensor, Tensor]:
+def centre_grid(
+    size: tuple[int, int], stride: int, device: torch.device | None = None
+) -> tuple[Tensor, Tensor]:
     """Window centres of dense inference: rows and columns every ``stride`` pixels, the grid
     centred in the image (``(H - 1) % stride // 2`` first)."""
     h, w = size
@@ -194,6 +196,52 @@ def window_labels(
     d2 = torch.where(pos, d2, torch.full_like(d2, float("inf")))
     best = d2.argmin(0)  # first minimum: the lower index on ties
     return torch.where(pos.any(0), best, out)
+
+
+def dense_candidates(
+    score_maps: Tensor,
+    objectness: Tensor,
+    window_sizes: list[int],
+    k: int,
+    stride: int,
+    min_score: float,
+    max_candidates: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:meth:`ISFCN.candidates` of one image's (k*k, H, W) score maps and (S, H, W) objectness
+    logits: ``(masks (N, H, W), scores (N,), centers (N, 2), labels (H, W))`` (TorchScript
+    compiles it)."""
+    h, w = int(score_maps.shape[-2]), int(score_maps.shape[-1])
+    dev = score_maps.device
+    ys, xs = centre_grid((h, w), stride, dev)
+    cy, cx = torch.meshgrid(ys, xs, indexing="ij")
+    cy, cx = cy.reshape(-1), cx.reshape(-1)
+    prob = torch.sigmoid(objectness[:, cy, cx])  # (S, G)
+    flat = prob.reshape(-1)
+    cand = (flat >= min_score).nonzero().squeeze(1)
+    top = flat[cand].argsort(descending=True, stable=True)[:max_candidates]
+    cand = cand[top]
+    n, g = int(cand.numel()), int(cy.numel())
+    scale, pix = cand // g, cand % g
+    masks = torch.zeros(n, h * w, dtype=score_maps.dtype, device=dev)
+    for si, m in enumerate(window_sizes):
+        idx = (scale == si).nonzero().squeeze(1)
+        if idx.numel() == 0:
+            continue
+        tops = torch.stack([cy[pix[idx]], cx[pix[idx]]], 1) - m // 2
+        logits, valid = assemble_windows(score_maps, tops, m, k)
+        wy, wx, _ = window_pixels(tops, m, (h, w))
+        vals = torch.sigmoid(logits) * valid  # 0 outside: the clamped duplicates add 0
+        rows = masks.index_select(0, idx)
+        flat_idx = (wy * w + wx).reshape(idx.numel(), -1)
+        masks[idx] = rows.scatter_add_(1, flat_idx, vals.reshape(idx.numel(), -1))
+    masks = masks.reshape(n, h, w)
+    labels = torch.zeros(h, w, dtype=torch.long, device=dev)
+    if n > 0:  # label image: the best-scored mask (the first) wins an overlap
+        hard = masks >= 0.5
+        first = hard.to(torch.uint8).argmax(0)
+        labels = torch.where(hard.any(0), first + 1, labels)
+    centers = torch.stack([cy[pix], cx[pix]], 1).to(score_maps.dtype)
+    return masks, flat[cand].float(), centers, labels
 
 
 # --------------------------------------------------------------------------- the model
@@ -345,38 +393,11 @@ class ISFCN(nn.Module):
         ``max_candidates`` best by objectness with score >= ``min_score``, their assembled
         masks (sigmoid) pasted as soft (N, H, W) masks; ``centers`` are the windows' centre
         pixels ``(y, x)``; sorted by decreasing score."""
-        h, w = score_maps.shape[-2:]
-        dev = score_maps.device
-        ys, xs = centre_grid((h, w), self.stride, dev)
-        cy, cx = torch.meshgrid(ys, xs, indexing="ij")
-        cy, cx = cy.reshape(-1), cx.reshape(-1)
-        prob = torch.sigmoid(objectness[:, cy, cx])  # (S, G)
-        flat = prob.reshape(-1)
-        cand = (flat >= self.min_score).nonzero().squeeze(1)
-        top = flat[cand].argsort(descending=True, stable=True)[: self.max_candidates]
-        cand = cand[top]
-        n, g = int(cand.numel()), int(cy.numel())
-        scale, pix = cand // g, cand % g
-        masks = torch.zeros(n, h * w, dtype=score_maps.dtype, device=dev)
-        for si, m in enumerate(self.window_sizes):
-            idx = (scale == si).nonzero().squeeze(1)
-            if idx.numel() == 0:
-                continue
-            tops = torch.stack([cy[pix[idx]], cx[pix[idx]]], 1) - m // 2
-            logits, valid = assemble_windows(score_maps, tops, m, self.k)
-            wy, wx, _ = window_pixels(tops, m, (h, w))
-            vals = torch.sigmoid(logits) * valid  # 0 outside: the clamped duplicates add 0
-            rows = masks.index_select(0, idx)
-            flat_idx = (wy * w + wx).reshape(idx.numel(), -1)
-            masks[idx] = rows.scatter_add_(1, flat_idx, vals.reshape(idx.numel(), -1))
-        masks = masks.reshape(n, h, w)
-        labels = torch.zeros(h, w, dtype=torch.long, device=dev)
-        if n:  # label image: the best-scored mask (the first) wins an overlap
-            hard = masks >= 0.5
-            first = hard.to(torch.uint8).argmax(0)
-            labels = torch.where(hard.any(0), first + 1, labels)
-        centers = torch.stack([cy[pix], cx[pix]], 1).to(score_maps.dtype)
-        return Instances(labels=labels, masks=masks, scores=flat[cand].float(), centers=centers)
+        masks, scores, centers, labels = dense_candidates(
+            score_maps, objectness, self.window_sizes, self.k, self.stride, self.min_score,
+            self.max_candidates
+        )  # fmt: skip
+        return Instances(labels=labels, masks=masks, scores=scores, centers=centers)
 
     def extra_repr(self) -> str:
         return (

@@ -11,7 +11,8 @@
 * **otherwise**: ``Outputs.instances``, per image the raw detections: box decoding per class,
   ``box_score_thresh``, per-class NMS (``box_nms_thresh``), the ``detections_per_img`` best;
   soft masks (sigmoid of the predicted class's 28x28 logits) pasted into the image with
-  ``paste_masks_in_image(threshold=None)``; ``classes`` only when ``num_classes > 1``. The
+  :func:`~instembed.detection.masks.paste_masks` (``threshold=None``); ``classes`` only when
+  ``num_classes > 1``. The
   ``"detections"`` post-processing thresholds and suppresses them.
 
 Levels: the RoIs are pooled from P2..P5 (``multiscale_roi_align``) at level
@@ -37,10 +38,12 @@ from instembed.detection import (
     batched_nms,
     box_iou,
     clip_boxes_to_image,
-    paste_masks_in_image,
     remove_small_boxes,
     roi_align,
 )
+from instembed.detection.boxes import decode_boxes
+from instembed.detection.masks import paste_masks
+from instembed.detection.pooling import roi_align_rois
 from instembed.models.fpn import FPN_STRIDES, ResNetFPN
 from instembed.models.rpn import RPN
 from instembed.structures import Instances, Outputs
@@ -88,15 +91,72 @@ def multiscale_roi_align(
 ) -> Tensor:
     """(R, C, o, o) features of the per-image boxes (in image pixels, R = sum of their counts),
     each pooled from the level :func:`assign_levels` gives it (``feats`` = P2..P5)."""
-    rois = torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], 1) for i, b in enumerate(boxes)])
+    rois = boxes_to_rois(list(boxes))
+    return pool_levels(list(feats), rois, output_size, float(canonical_scale), int(sampling_ratio),
+                       [int(s) for s in strides])  # fmt: skip
+
+
+def boxes_to_rois(boxes: list[Tensor]) -> Tensor:
+    """(R, 5) ``(image index, x1, y1, x2, y2)`` of per-image (K_i, 4) boxes."""
+    return torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], 1) for i, b in enumerate(boxes)])
+
+
+def pool_levels(
+    feats: list[Tensor],
+    rois: Tensor,
+    output_size: int,
+    canonical_scale: float,
+    sampling_ratio: int,
+    strides: list[int],
+) -> Tensor:
+    """:func:`multiscale_roi_align` of (R, 5) ``rois`` (TorchScript compiles it)."""
     levels = assign_levels(rois[:, 1:], canonical_scale)
     c = feats[0].shape[1]
     out = feats[0].new_zeros((rois.shape[0], c, output_size, output_size))
-    for lvl, (f, s) in enumerate(zip(feats, strides)):
+    for lvl in range(len(feats)):
         idx = torch.nonzero(levels == lvl).squeeze(1)
-        if idx.numel():
-            out[idx] = roi_align(f, rois[idx], output_size, 1.0 / s, sampling_ratio, aligned=True)
+        if idx.numel() > 0:
+            out[idx] = roi_align_rois(feats[lvl], rois[idx], output_size, output_size,
+                                      1.0 / strides[lvl], sampling_ratio, True)  # fmt: skip
     return out
+
+
+def detect_boxes(
+    proposals: list[Tensor],
+    class_logits: Tensor,
+    box_deltas: Tensor,
+    image_size: tuple[int, int],
+    num_classes: int,
+    score_thresh: float,
+    nms_thresh: float,
+    detections_per_img: int,
+    weights: tuple[float, float, float, float],
+    bbox_xform_clip: float,
+) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+    """Per image, the boxes, scores and class ids of the detections (the module doc's
+    inference) from the box head's outputs on the concatenated proposals (TorchScript
+    compiles it)."""
+    scores_all = F.softmax(class_logits, -1)
+    counts = [int(p.shape[0]) for p in proposals]
+    nc = num_classes
+    boxes_out: list[Tensor] = []
+    scores_out: list[Tensor] = []
+    labels_out: list[Tensor] = []
+    for p, sc, dl in zip(proposals, scores_all.split(counts), box_deltas.split(counts)):
+        n = int(p.shape[0])
+        bx = decode_boxes(dl.reshape(n, -1), p, weights, bbox_xform_clip).view(n, -1, 4)
+        bx = clip_boxes_to_image(bx[:, 1:], image_size).reshape(-1, 4)
+        lab = torch.arange(1, nc + 1, device=p.device).repeat(n)
+        sc = sc[:, 1:].reshape(-1)
+        keep = torch.nonzero(sc > score_thresh).squeeze(1)
+        bx, sc, lab = bx[keep], sc[keep], lab[keep]
+        keep = remove_small_boxes(bx, 1e-2)
+        bx, sc, lab = bx[keep], sc[keep], lab[keep]
+        keep = batched_nms(bx, sc, lab, nms_thresh)[:detections_per_img]
+        boxes_out.append(bx[keep])
+        scores_out.append(sc[keep])
+        labels_out.append(lab[keep])
+    return boxes_out, scores_out, labels_out
 
 
 # --------------------------------------------------------------------------- heads
@@ -317,23 +377,12 @@ class MaskRCNN(nn.Module):
     @torch.no_grad()
     def _detect(self, feats, proposals, image_size, extra) -> list[Instances]:
         class_logits, box_deltas = self.box_head(self._pool(feats, proposals, 7))
-        scores_all = F.softmax(class_logits, -1)
-        counts = [len(p) for p in proposals]
         nc = self.num_classes
-        boxes_out, scores_out, labels_out = [], [], []
-        for p, sc, dl in zip(proposals, scores_all.split(counts), box_deltas.split(counts)):
-            bx = self.box_coder.decode_single(dl.reshape(len(p), -1), p).view(len(p), -1, 4)
-            bx = clip_boxes_to_image(bx[:, 1:], image_size).reshape(-1, 4)
-            lab = torch.arange(1, nc + 1, device=p.device).repeat(len(p))
-            sc = sc[:, 1:].reshape(-1)
-            keep = torch.nonzero(sc > self.box_score_thresh).squeeze(1)
-            bx, sc, lab = bx[keep], sc[keep], lab[keep]
-            keep = remove_small_boxes(bx, 1e-2)
-            bx, sc, lab = bx[keep], sc[keep], lab[keep]
-            keep = batched_nms(bx, sc, lab, self.box_nms_thresh)[: self.detections_per_img]
-            boxes_out.append(bx[keep])
-            scores_out.append(sc[keep])
-            labels_out.append(lab[keep])
+        coder = self.box_coder
+        boxes_out, scores_out, labels_out = detect_boxes(
+            list(proposals), class_logits, box_deltas, image_size, nc, self.box_score_thresh,
+            self.box_nms_thresh, self.detections_per_img, coder.weights, coder.bbox_xform_clip
+        )  # fmt: skip
         lab_all = torch.cat(labels_out)
         logits = self.mask_head(self._pool(feats, boxes_out, 14))
         logits = logits[torch.arange(len(lab_all), device=logits.device), lab_all]
@@ -343,7 +392,7 @@ class MaskRCNN(nn.Module):
         centers = info["seed_yx"].split(counts) if "seed_yx" in info else [None] * len(counts)
         out = []
         for bx, sc, lab, pr, ct in zip(boxes_out, scores_out, labels_out, probs, centers):
-            masks = paste_masks_in_image(pr, bx, image_size, threshold=None)
+            masks = paste_masks(pr, bx, int(image_size[0]), int(image_size[1]), None)
             out.append(Instances(masks=masks, scores=sc, boxes=bx, centers=ct,
                                  classes=lab if nc > 1 else None))  # fmt: skip
         return out

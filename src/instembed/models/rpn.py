@@ -34,6 +34,8 @@ from instembed.detection import (
     clip_boxes_to_image,
     remove_small_boxes,
 )
+from instembed.detection.anchors import shifted_anchors
+from instembed.detection.boxes import decode_boxes
 
 
 class RPNHead(nn.Module):
@@ -57,15 +59,73 @@ class RPNHead(nn.Module):
         return logits, deltas
 
 
-def flatten_levels(logits: Sequence[Tensor], deltas: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+def flatten_levels(logits: list[Tensor], deltas: list[Tensor]) -> tuple[Tensor, Tensor]:
     """(B, A, H, W) logits and (B, 4A, H, W) deltas per level -> (B, N) and (B, N, 4), in the
     anchors' order (level, position row-major, cell anchor)."""
-    out_l, out_d = [], []
+    out_l: list[Tensor] = []
+    out_d: list[Tensor] = []
     for lg, dl in zip(logits, deltas):
-        b, a, h, w = lg.shape
+        b, a, h, w = lg.shape[0], lg.shape[1], lg.shape[2], lg.shape[3]
         out_l.append(lg.permute(0, 2, 3, 1).reshape(b, -1))
         out_d.append(dl.view(b, a, 4, h, w).permute(0, 3, 4, 1, 2).reshape(b, -1, 4))
     return torch.cat(out_l, 1), torch.cat(out_d, 1)
+
+
+def level_anchors(
+    cell_anchors: list[Tensor], feats: list[Tensor], height: int, width: int
+) -> tuple[Tensor, list[int]]:
+    """The anchors of :class:`~instembed.detection.AnchorGenerator` for the feature maps of a
+    (padded) ``height x width`` input, all levels concatenated, and the count per level
+    (TorchScript compiles it)."""
+    levels: list[Tensor] = []
+    counts: list[int] = []
+    for base, f in zip(cell_anchors, feats):
+        gh, gw = int(f.shape[-2]), int(f.shape[-1])
+        base = base.to(dtype=f.dtype, device=f.device)
+        levels.append(shifted_anchors(base, gh, gw, height // gh, width // gw))
+        counts.append(int(base.shape[0]) * gh * gw)
+    return torch.cat(levels), counts
+
+
+def select_proposals(
+    logits: Tensor,
+    deltas: Tensor,
+    anchors: Tensor,
+    counts: list[int],
+    image_size: tuple[int, int],
+    pre_nms_top_n: int,
+    post_nms_top_n: int,
+    nms_thresh: float,
+    min_size: float,
+    weights: tuple[float, float, float, float],
+    bbox_xform_clip: float,
+) -> list[Tensor]:
+    """Per image, the (K_i, 4) proposals from (B, N) objectness logits and (B, N, 4) deltas of
+    the (N, 4) anchors (``counts`` per level): the module doc's selection (TorchScript compiles
+    it)."""
+    b = logits.shape[0]
+    boxes = decode_boxes(deltas.reshape(-1, 4), anchors.repeat(b, 1), weights, bbox_xform_clip)
+    boxes = boxes.view(b, -1, 4)
+    level_ids = torch.cat(
+        [torch.full((n,), i, dtype=torch.long, device=logits.device)
+         for i, n in enumerate(counts)]
+    )  # fmt: skip
+    out: list[Tensor] = []
+    for i in range(b):
+        keep_idx: list[Tensor] = []
+        start = 0
+        for n in counts:
+            k = min(pre_nms_top_n, n)
+            keep_idx.append(logits[i, start : start + n].topk(k).indices + start)
+            start += n
+        idx = torch.cat(keep_idx)
+        bx = clip_boxes_to_image(boxes[i, idx], image_size)
+        sc, lv = logits[i, idx], level_ids[idx]
+        keep = remove_small_boxes(bx, min_size)
+        bx, sc, lv = bx[keep], sc[keep], lv[keep]
+        keep = batched_nms(bx, sc, lv, nms_thresh)[:post_nms_top_n]
+        out.append(bx[keep])
+    return out
 
 
 class RPN(nn.Module):
@@ -128,30 +188,11 @@ class RPN(nn.Module):
         return proposals, aux
 
     def _proposals(self, logits, deltas, anchors, counts, image_size, training) -> list[Tensor]:
-        pre = self.pre_nms_top_n[0 if training else 1]
-        post = self.post_nms_top_n[0 if training else 1]
-        b = logits.shape[0]
-        boxes = self.box_coder.decode_single(deltas.reshape(-1, 4), anchors.repeat(b, 1))
-        boxes = boxes.view(b, -1, 4)
-        level_ids = torch.cat(
-            [torch.full((n,), i, dtype=torch.long, device=logits.device)
-             for i, n in enumerate(counts)]
-        )  # fmt: skip
-        out = []
-        for i in range(b):
-            keep_idx, start = [], 0
-            for n in counts:
-                k = min(pre, n)
-                keep_idx.append(logits[i, start : start + n].topk(k).indices + start)
-                start += n
-            idx = torch.cat(keep_idx)
-            bx = clip_boxes_to_image(boxes[i, idx], image_size)
-            sc, lv = logits[i, idx], level_ids[idx]
-            keep = remove_small_boxes(bx, self.min_size)
-            bx, sc, lv = bx[keep], sc[keep], lv[keep]
-            keep = batched_nms(bx, sc, lv, self.nms_thresh)[:post]
-            out.append(bx[keep])
-        return out
+        coder = self.box_coder
+        return select_proposals(logits, deltas, anchors, counts, image_size,
+                                self.pre_nms_top_n[0 if training else 1],
+                                self.post_nms_top_n[0 if training else 1], self.nms_thresh,
+                                self.min_size, coder.weights, coder.bbox_xform_clip)  # fmt: skip
 
     def _targets(self, anchors: Tensor, gt_boxes: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         labels_all, matched_all = [], []

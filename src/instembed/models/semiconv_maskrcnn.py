@@ -63,10 +63,20 @@ def semiconv_mask_update(
     """
     if scores.ndim != 3 or psi.ndim != 4 or psi.shape[0] != scores.shape[0]:
         raise ValueError(
-            f"scores (P, M, M) and psi (P, E, M, M) expected, got {tuple(scores.shape)} and "
-            f"{tuple(psi.shape)}"
+            f"scores (P, M, M) and psi (P, E, M, M) expected, got {list(scores.shape)} and "
+            f"{list(psi.shape)}"
         )
-    p, e = psi.shape[:2]
+    if not isinstance(sigma, Tensor):
+        sigma = torch.tensor(float(sigma), dtype=psi.dtype, device=psi.device)
+    return mask_update(scores, psi, sigma)
+
+
+def mask_update(
+    scores: Tensor, psi: Tensor, sigma: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`semiconv_mask_update` without the shape checks, ``sigma`` a tensor (TorchScript
+    compiles it)."""
+    p, e = psi.shape[0], psi.shape[1]
     n = scores.shape[1] * scores.shape[2]
     a = torch.softmax(scores.reshape(p, n), dim=1)  # (P, M*M)
     flat = psi.reshape(p, e, n)
