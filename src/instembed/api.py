@@ -226,6 +226,8 @@ def segment(
     scale: float | None = None,
     channel: int | None = None,
     frames: bool | None = None,
+    cluster: dict | None = None,
+    progress=None,
 ) -> Instances | list[Instances]:
     """Segment one image, or a stack of frames, with a model; the instances as NumPy arrays.
 
@@ -266,6 +268,11 @@ def segment(
         frames: ``True``: the array's first axis is a stack of frames; ``False``: it is one
             image; ``None``: decided from the shape as above. With a path, ``frames=True``
             reads the file's pixels as a stack (a multi-page TIFF).
+        cluster: overrides of the model's clustering parameters, e.g. ``{"seed_thresh": 0.7,
+            "min_size": 32}`` (as ``instembed predict --cluster KEY=VALUE``; the method is the
+            model's), checked like predict's.
+        progress: ``progress(done, total)``, called after each block of an image segmented
+            block by block (an exception it raises stops the call).
 
     Returns:
         One :class:`~instembed.structures.Instances` with NumPy fields -- ``labels`` ``(H, W)``
@@ -335,7 +342,17 @@ def segment(
     )
     from instembed.engine.config import check_cluster
 
-    predictor.cluster = check_cluster(predictor.cluster, require=True, key="model cluster")
+    if cluster is not None and not isinstance(cluster, dict):
+        raise TypeError(
+            f"segment: expected cluster to be a dict or None, got {type(cluster).__name__}"
+        )
+    base, key = predictor.cluster, "model cluster"
+    if cluster:
+        import dataclasses
+
+        base = dataclasses.replace(base, params={**base.params, **cluster})
+        key = "segment cluster"
+    predictor.cluster = check_cluster(base, require=True, key=key)
     mode = (
         cfg.data.reader_params.get("normalize", "percentile") if normalize == "auto" else normalize
     )
@@ -345,7 +362,7 @@ def segment(
         from instembed.data.io import load_image
 
         img, _ = load_image(path, mode, channels=predictor.in_channels, channel=channel)
-        return _run(predictor, [img], meta)[0]
+        return _run(predictor, [img], meta, progress)[0]
 
     stack, layout = split_frames(image.shape, predictor.in_channels, frames, channel)
     notice: list = []
@@ -353,14 +370,14 @@ def segment(
     imgs = [
         _prepare(_frame_chw(x, layout), mode, predictor.in_channels, channel, notice) for x in items
     ]
-    results = _run(predictor, imgs, meta)
+    results = _run(predictor, imgs, meta, progress)
     return results if stack else results[0]
 
 
-def _run(predictor, images: list[np.ndarray], meta: dict) -> list[Instances]:
+def _run(predictor, images: list[np.ndarray], meta: dict, progress=None) -> list[Instances]:
     out = []
     for img in images:
-        pred = predictor(img).numpy()
+        pred = predictor(img, progress=progress).numpy()
         pred.meta.update(meta)
         out.append(pred)
     return out
