@@ -13,12 +13,15 @@ Each item is a dict of tensors (the batch contract shared with losses and the en
                                      ``instance_masks[k - 1]`` is instance k of "labels"
     "boxes"          float32 (N, 4)  x1, y1, x2, y2 of each mask (pixel edges)
     "coords_origin"  int64   (2,)    (y0, x0) of this crop in the (augmented) full image
+    "centres"        float32 (N, 2)  (y, x) of each instance's whole-image centre in this crop's
+                                     pixel coordinates (may lie outside the crop); only when
+                                     the dataset computes centres (``center`` != "centroid")
     "index"          int64   ()      position in the underlying sequence
     + the tensors returned by ``instembed.targets.build_targets(name, labels, ...)`` for
       each name in ``targets``.
 
 :func:`collate` stacks equal-shaped tensors along a new batch dimension and keeps the
-per-instance ones (``classes``, ``instance_masks``, ``boxes``) as lists of per-image tensors.
+per-instance ones (``classes``, ``instance_masks``, ``boxes``, ``centres``) as lists of per-image tensors.
 :func:`image_targets` turns a batch into the per-image target dicts a model receives
 (``model(image, coords_origin, targets)``).
 """
@@ -53,6 +56,12 @@ class InstanceDataset(torch.utils.data.Dataset):
             ``numpy.random.default_rng([seed, e, i])``; without one, the generator is seeded from
             torch's global RNG (distinct per DataLoader worker and reproducible under
             ``torch.manual_seed``).
+        center: object centres for the spatial-embedding loss
+            (:data:`instembed.data.centres.CENTRE_METHODS`). ``"centroid"`` (default) stores
+            none (the loss uses the per-crop centroid); otherwise the centres are computed on the
+            whole image when it is first read (cached per index, per process), carried through
+            the transforms and returned as ``item["centres"]``.
+        center_stride: block size of ``center="approx_medoid"``.
     """
 
     def __init__(
@@ -61,7 +70,15 @@ class InstanceDataset(torch.utils.data.Dataset):
         transform: Callable | None = None,
         targets: Sequence[str] | Mapping[str, dict] = (),
         seed: int | None = None,
+        center: str = "centroid",
+        center_stride: int = 3,
     ) -> None:
+        from instembed.data.centres import CENTRE_METHODS
+
+        if center not in CENTRE_METHODS:
+            raise ValueError(f"center must be one of {CENTRE_METHODS}, got {center!r}")
+        self.center, self.center_stride = center, int(center_stride)
+        self._centres: dict[int, np.ndarray] = {}  # index -> centres of the relabelled image
         if not hasattr(samples, "__getitem__") or not hasattr(samples, "__len__"):
             raise TypeError(
                 f"samples must be a sequence of Samples or a reader, got {type(samples).__name__}"
@@ -95,9 +112,23 @@ class InstanceDataset(torch.utils.data.Dataset):
         sample = self.samples[index]
         if not isinstance(sample, Sample):
             raise TypeError(f"item {index} is a {type(sample).__name__}, expected a Sample")
+        if self.center != "centroid":
+            sample = self._with_centres(sample, index)
         if self.transform is not None:
             sample = self.transform(sample, self._rng(index))
         return sample_to_item(sample, index, self.targets)
+
+    def _with_centres(self, sample: Sample, index: int) -> Sample:
+        """Relabel the whole image and attach its object centres (computed once per index)."""
+        from instembed.data.centres import with_centres
+
+        sample = relabel(sample)
+        cached = self._centres.get(int(index))
+        if cached is None or len(cached) != sample.num_instances:
+            cached = self._centres[int(index)] = with_centres(
+                sample, self.center, self.center_stride
+            ).meta["centres"] - np.asarray(frame(sample)[0], np.float64)
+        return with_centres(sample, self.center, centres=cached)
 
 
 def sample_to_item(
@@ -128,6 +159,15 @@ def sample_to_item(
         "coords_origin": torch.tensor([y0, x0], dtype=torch.int64),
         "index": torch.tensor(int(index), dtype=torch.int64),
     }
+    centres = sample.meta.get("centres")
+    if centres is not None:
+        centres = np.asarray(centres, np.float64) - np.array([y0, x0], np.float64)
+        if len(centres) != masks.shape[0]:
+            raise ValueError(
+                f"meta['centres'] has {len(centres)} rows for {masks.shape[0]} instances"
+                + (f" in {sample.path}" if sample.path else "")
+            )
+        item["centres"] = torch.from_numpy(centres.astype(np.float32))
     if sample.semantic is not None:
         item["semantic"] = torch.from_numpy(np.ascontiguousarray(sample.semantic, np.int64))
     if sample.classes is not None:
@@ -146,7 +186,7 @@ def sample_to_item(
     return item
 
 
-PER_INSTANCE_KEYS = ("classes", "instance_masks", "boxes")
+PER_INSTANCE_KEYS = ("classes", "instance_masks", "boxes", "centres")
 """Batch keys that hold one entry per instance: lists of per-image tensors after collate."""
 
 

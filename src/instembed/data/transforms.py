@@ -22,6 +22,13 @@ Every transform is a callable ``t(sample, rng=None) -> Sample`` (numpy in, numpy
   Scaling multiplies ``coords_origin`` and ``frame_shape`` by the scale (rounded); elastic
   deformation and intensity changes leave them unchanged. At inference, test-time flips must be
   undone on the embedding *and* the coordinate channels (done in the engine's TTA).
+* **Object centres** (``sample.meta["centres"]``, ``(N, 2)`` ``(y, x)`` in frame coordinates,
+  set by :func:`instembed.data.centres.with_centres` on the whole image) move with the frame:
+  crops and padding leave them unchanged, flips map ``X -> Wf - 1 - X``, a quarter turn maps
+  ``(Y, X) -> (Wf - 1 - X, Y)``, scaling maps each local coordinate ``a -> (a + 0.5) s - 0.5``
+  (the pixel-centre convention of the resampling), an elastic deformation moves a centre ``c``
+  to the output point ``p`` with ``p + d(p) = c`` (fixed-point iteration on the smooth field
+  ``d``); :func:`relabel` keeps the rows of the kept instances.
 
 Suggested order: ``RandomScale -> RandomCrop -> RandomFlip -> RandomRot90 -> ElasticDeform ->
 IntensityJitter / ColorJitter``.
@@ -57,6 +64,14 @@ def _with_frame(sample: Sample, origin, frame_shape) -> dict:
     meta = dict(sample.meta)
     meta["coords_origin"] = (int(origin[0]), int(origin[1]))
     meta["frame_shape"] = (int(frame_shape[0]), int(frame_shape[1]))
+    return meta
+
+
+def _move_centres(meta: dict, f: Callable[[np.ndarray], np.ndarray]) -> dict:
+    """Apply ``f`` to ``meta["centres"]`` (frame coordinates, float) when present; in place."""
+    c = meta.get("centres")
+    if c is not None:
+        meta["centres"] = f(np.array(c, np.float64))
     return meta
 
 
@@ -96,20 +111,24 @@ def relabel(sample: Sample) -> Sample:
     keep ``classes`` in step. Returns a validated Sample."""
     inst = sample.instances
     classes = sample.classes
+    centres = sample.meta.get("centres")
     if sample.is_stack:
-        keep = inst.reshape(len(inst), -1).any(1)
-        new = inst[keep]
-        if classes is not None:
-            classes = np.asarray(classes)[keep]
+        rows = inst.reshape(len(inst), -1).any(1)
+        new = inst[rows]
     else:
         ids = np.unique(inst)
         ids = ids[ids > 0]
         lut = np.zeros(int(inst.max(initial=0)) + 1, np.int32)
         lut[ids] = np.arange(1, len(ids) + 1, dtype=np.int32)
         new = lut[inst]
-        if classes is not None:
-            classes = np.asarray(classes)[ids - 1]
-    return replace(sample, instances=new, classes=classes).validate()
+        rows = ids - 1
+    if classes is not None:
+        classes = np.asarray(classes)[rows]
+    meta = sample.meta
+    if centres is not None:
+        meta = dict(meta)
+        meta["centres"] = np.asarray(centres)[rows]
+    return replace(sample, instances=new, classes=classes, meta=meta).validate()
 
 
 class RandomCrop:
@@ -223,7 +242,15 @@ def flip(sample: Sample, horizontal: bool = False, vertical: bool = False) -> Sa
     if vertical:
         y0 = hf - y0 - h
     axes = tuple(a for a, on in ((-2, vertical), (-1, horizontal)) if on)
-    meta = _with_frame(sample, (y0, x0), (hf, wf))
+
+    def mirror(c: np.ndarray) -> np.ndarray:
+        if horizontal:
+            c[:, 1] = wf - 1 - c[:, 1]
+        if vertical:
+            c[:, 0] = hf - 1 - c[:, 0]
+        return c
+
+    meta = _move_centres(_with_frame(sample, (y0, x0), (hf, wf)), mirror)
     return _map_spatial(sample, lambda a, _l: np.flip(a, axes), meta)
 
 
@@ -249,9 +276,15 @@ def rot90(sample: Sample, k: int) -> Sample:
         return sample
     (y0, x0), (hf, wf) = frame(sample)
     h, w = sample.shape
+    centres = sample.meta.get("centres")
+    centres = None if centres is None else np.array(centres, np.float64)
     for _ in range(k):
+        if centres is not None:  # frame (Y, X) -> (Wf - 1 - X, Y)
+            centres = np.stack([wf - 1 - centres[:, 1], centres[:, 0]], 1)
         y0, x0, hf, wf, h, w = wf - x0 - w, y0, wf, hf, w, h
     meta = _with_frame(sample, (y0, x0), (hf, wf))
+    if centres is not None:
+        meta["centres"] = centres
     return _map_spatial(sample, lambda a, _l: np.rot90(a, k, axes=(-2, -1)), meta)
 
 
@@ -296,7 +329,15 @@ def rescale(sample: Sample, factor: float) -> Sample:
 
     (y0, x0), (hf, wf) = frame(sample)
     sy, sx = nh / H, nw / W
-    meta = _with_frame(sample, (round(y0 * sy), round(x0 * sx)), (round(hf * sy), round(wf * sx)))
+    ny0, nx0 = round(y0 * sy), round(x0 * sx)
+    meta = _with_frame(sample, (ny0, nx0), (round(hf * sy), round(wf * sx)))
+
+    def scale(c: np.ndarray) -> np.ndarray:  # local a -> (a + 0.5) s - 0.5, as the resampling
+        c[:, 0] = ny0 + (c[:, 0] - y0 + 0.5) * sy - 0.5
+        c[:, 1] = nx0 + (c[:, 1] - x0 + 0.5) * sx - 0.5
+        return c
+
+    _move_centres(meta, scale)
     return _map_spatial(sample, resample, meta)
 
 
@@ -351,7 +392,19 @@ class ElasticDeform:
             )
             return out.reshape(a.shape).astype(a.dtype)
 
-        out = _map_spatial(sample, warp, dict(sample.meta))
+        (oy, ox), _ = frame(sample)
+
+        def follow(c: np.ndarray) -> np.ndarray:  # output p with p + d(p) = c (input point)
+            ok = np.isfinite(c).all(1)
+            target = c[ok] - (oy, ox)
+            p = target.copy()
+            for _ in range(8):  # contraction while the field's slope is < 1 (smooth field)
+                dp = [ndi.map_coordinates(d[a], p.T, order=1, mode="nearest") for a in (0, 1)]
+                p = target - np.stack(dp, 1)
+            c[ok] = p + (oy, ox)
+            return c
+
+        out = _map_spatial(sample, warp, _move_centres(dict(sample.meta), follow))
         if outside.any():
             inst = out.instances.copy()
             inst[..., outside] = 0

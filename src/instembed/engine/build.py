@@ -201,6 +201,9 @@ def build_datasets(cfg: Config):
 
     train_samples, val_samples = load_samples(cfg.data, cfg.run.seed)
     train = InstanceDataset(
-        train_samples, transform=train_transform(cfg.data), targets=tuple(cfg.data.targets)
+        train_samples,
+        transform=train_transform(cfg.data),
+        targets=tuple(cfg.data.targets),
+        center=cfg.data.center,
     )
     return train, val_samples

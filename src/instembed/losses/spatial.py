@@ -7,7 +7,10 @@ with ``semiconv=True``; ``coord_scale`` must match the model's). For instance S_
 
     sigma_k   = 1/|S_k| sum_{i in S_k} sigma_i                   (learnable bandwidth, S = 1 or 2)
     C_k       = centroid 1/|S_k| sum x_i (``center="centroid"``) or mean embedding
-                1/|S_k| sum e_i (``center="mean_embedding"``, the paper's learnable centre)
+                1/|S_k| sum e_i (``center="mean_embedding"``, the paper's learnable centre);
+                with ``centres`` given (the batch's ``"centres"``, whole-image medoids etc. of
+                :mod:`instembed.data.centres`) and ``center="centroid"``, C_k is the given
+                centre of instance k instead, (c_k + coords_origin) * coord_scale
     phi_k(e_i) = exp( - sum_d (e_id - C_kd)^2 / (2 sigma_kd^2) )  (Gaussian score)
     L_inst    = Lovász hinge of the logits 2 phi_k - 1 against the mask of S_k, over all
                 non-ignored pixels of the image; mean over instances
@@ -27,12 +30,42 @@ embedding gets ``e = (u + offset) * coord_scale`` (u, offset in pixels) instead.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
 from instembed.losses.lovasz import lovasz_hinge_rows
 from instembed.losses.segments import check_spatial, find_segments, pixels_of, segment_sum
 from instembed.structures import DEFAULT_COORD_SCALE, pixel_coordinates
+
+log = logging.getLogger(__name__)
+_WARNED: set[str] = set()
+
+
+def _given_centres(
+    centres, segs, b: int, coords_origin, coord_scale: float, device, dtype
+) -> torch.Tensor:
+    """(S, 2) embedding-space centres of the segments from per-image (N_i, 2) pixel centres
+    (row k - 1 = label id k, crop pixel coordinates)."""
+    if len(centres) != b:
+        raise ValueError(f"centres: expected one (N, 2) tensor per image ({b}), got {len(centres)}")
+    origin = torch.zeros(b, 2, device=device, dtype=dtype)
+    if coords_origin is not None:
+        origin = torch.as_tensor(coords_origin, device=device).to(dtype).reshape(b, 2)
+    flat = torch.cat([torch.as_tensor(c, device=device).to(dtype).reshape(-1, 2) for c in centres])
+    start = torch.tensor([0] + [len(c) for c in centres], device=device).cumsum(0)[:-1]
+    n = torch.tensor([len(c) for c in centres], device=device)
+    img, lab = segs.seg_image.long(), segs.seg_label.long()
+    if bool(((lab < 1) | (lab > n[img])).any()):
+        raise ValueError(
+            "centres: a label id has no centre row (expected row k - 1 for label k, per image "
+            f"counts {n.tolist()}, labels up to {int(lab.max())})"
+        )
+    c = flat[start[img] + lab - 1]
+    if not bool(torch.isfinite(c).all()):
+        raise ValueError("centres: NaN/inf centre for an instance present in the labels")
+    return (c + origin[img]) * coord_scale
 
 
 def spatial_embedding_loss(
@@ -49,10 +82,12 @@ def spatial_embedding_loss(
     w_smooth: float = 10.0,
     w_seed: float = 1.0,
     foreground_weight: float = 1.0,
+    centres: list[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """embedding (B, E >= 2, H, W) with coordinates added; sigma (B, S, H, W) S in {1, 2};
-    seed (B, 1, H, W) in [0, 1]; labels (B, H, W). Returns ``(total, {"instance", "smooth",
-    "seed"})``."""
+    seed (B, 1, H, W) in [0, 1]; labels (B, H, W); ``centres`` (optional) one (N_i, 2) tensor
+    of (y, x) pixel centres per image, row k - 1 for label k, in the image's (crop's) pixel
+    coordinates. Returns ``(total, {"instance", "smooth", "seed"})``."""
     if center not in ("centroid", "mean_embedding"):
         raise ValueError(f"center must be 'centroid' or 'mean_embedding', got {center!r}")
     check_spatial(embedding, labels, "embedding")
@@ -69,7 +104,14 @@ def spatial_embedding_loss(
     xe = pixels_of(e2, segs)  # (P, 2)
     xs = pixels_of(sigma, segs)  # (P, S)
     sig_k = segs.mean(xs)  # (S_, S)
-    if center == "centroid":
+    if centres is not None and center == "mean_embedding" and "mean" not in _WARNED:
+        _WARNED.add("mean")
+        log.warning("spatial loss: center='mean_embedding' ignores the batch's given centres")
+    if center == "centroid" and centres is not None:
+        ctr = _given_centres(
+            centres, segs, b, coords_origin, coord_scale, embedding.device, embedding.dtype
+        )
+    elif center == "centroid":
         u = pixel_coordinates(
             b, (h, w), coords_origin, coord_scale, embedding.device, embedding.dtype
         )
@@ -120,7 +162,8 @@ def spatial_embedding_loss(
 
 
 class SpatialEmbeddingLoss(nn.Module):
-    """Reads ``outputs.embedding/sigma/seed`` and ``batch["labels"|"ignore"|"coords_origin"]``."""
+    """Reads ``outputs.embedding/sigma/seed`` and ``batch["labels"|"ignore"|"coords_origin"]``
+    (and ``batch["centres"]`` when the data stage computed them)."""
 
     def __init__(self, **params) -> None:
         super().__init__()
@@ -152,5 +195,6 @@ class SpatialEmbeddingLoss(nn.Module):
             batch["labels"],
             ignore=batch.get("ignore"),
             coords_origin=batch.get("coords_origin"),
+            centres=batch.get("centres"),
             **self.params,
         )
