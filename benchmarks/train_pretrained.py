@@ -279,23 +279,31 @@ def train_on_split(
     time_limit: float | None = None,
     resume: bool = False,
     init: Path | None = None,
+    cpu_time: bool = False,
 ):
     """Train with the engine's Trainer on the given samples (augmented as ``cfg.data`` says,
     validated on ``val_samples``); returns (trainer, FitResult, training seconds).
     ``resume``: continue from ``out/last.pt`` (e.g. with a larger ``run.steps``);
-    ``init``: start from the weights of this checkpoint (fresh optimizer and schedule)."""
+    ``init``: start from the weights of this checkpoint (fresh optimizer and schedule);
+    ``cpu_time``: ``time_limit`` counts CPU seconds of this process (fair on a shared machine).
+    The result carries ``cpu_s``, the CPU seconds the training took."""
     trainer = Trainer(cfg, out, resume=resume)
     if init is not None and not resume:
         state = ck.load_checkpoint(init, map_location="cpu")
         ck.load_model_state(trainer.model, state["model"], source=str(init))
         log.info("initialised the weights from %s (its step %s)", init, state.get("step"))
     trainer.train_set = InstanceDataset(
-        train_samples, transform=train_transform(cfg.data), targets=tuple(cfg.data.targets)
+        train_samples,
+        transform=train_transform(cfg.data),
+        targets=tuple(cfg.data.targets),
+        center=cfg.data.center,
     )
     trainer.val_samples = val_samples
     t0 = time.perf_counter()
-    result = trainer.fit(time_limit_s=time_limit)
+    c0 = time.process_time()
+    result = trainer.fit(time_limit_s=time_limit, cpu_time=cpu_time)
     train_s = time.perf_counter() - t0
+    result.cpu_s = time.process_time() - c0
     trainer.close()
     log.info("trained %d steps in %.0f s (%s)", result.step, train_s, result.status)
     return trainer, result, train_s

@@ -66,6 +66,16 @@ class DataConfig:
     targets: list[str] = field(default_factory=list)  # method targets (instembed.targets names)
     batch_size: int = 4
     num_workers: int = 0
+    center: str = "centroid"  # spatial-loss centres (data.centres); "centroid" = per crop
+    look_weights: dict[str, float] | None = None  # {look: weight} draws (data.looks); None = off
+
+    def __post_init__(self) -> None:  # bad look weights fail before any work
+        from instembed.data.looks import check_look_weights
+
+        try:
+            self.look_weights is None or check_look_weights(self.look_weights)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
 
 
 @dataclass
@@ -126,6 +136,9 @@ class OptimConfig:
     min_lr: float = 0.0
     grad_clip: float | None = 1.0  # max gradient norm; None = off
     amp: bool = True  # mixed precision, used on CUDA only
+    # CPU training speed (instembed.engine.speed; docs/engine.md "Training speed on a CPU")
+    bf16: bool = False  # bfloat16 autocast of the forward on a CPU (changes numerics)
+    channels_last: bool = False  # NHWC memory format of weights and images
 
 
 @dataclass
@@ -148,6 +161,7 @@ class RunConfig:
     # class-agnostic scores), so that early checkpoints whose seed maps have not reached the
     # configured thresholds are still ranked fairly; the chosen values are logged
     val_tune: bool = False
+    compile: bool = False  # torch.compile the training forward (eager, with a warning, if it fails)
 
 
 @dataclass
@@ -166,6 +180,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optim.optimizer": ("adamw", "adam"),
     "optim.schedule": ("poly", "cosine", "constant"),
     "run.best_mode": ("max", "min"),
+    "data.center": ("centroid", "image_centroid", "medoid", "approx_medoid"),
 }
 
 # smallest allowed value of numeric keys (None values of optional keys are not checked)

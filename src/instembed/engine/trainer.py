@@ -4,7 +4,7 @@ Read top to bottom, :meth:`Trainer.fit` is::
 
     for step in range(start, steps):
         batch   <- next batch (seeded per item, so a resumed run sees the same batches)
-        outputs <- model(image, coords_origin)            (autocast on CUDA when optim.amp)
+        outputs <- model(image, coords_origin)   (autocast: CUDA optim.amp, CPU optim.bf16)
         total, terms <- loss(outputs, batch)
         stop on non-finite total (step + terms reported, last good checkpoint kept)
         backward, clip, optimizer step, LR schedule step
@@ -42,7 +42,6 @@ import logging
 import math
 import time
 from collections.abc import Iterator
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,7 +68,15 @@ from instembed.engine.distributed import (
 from instembed.engine.evaluation import validate
 from instembed.engine.logs import CsvLog, open_tensorboard, run_log_file, stop_on_signals
 from instembed.engine.optim import build_optimizer, build_scheduler
-from instembed.engine.sampling import SeededItems, StepSampler, seed_everything
+from instembed.engine.sampling import SeededItems, seed_everything, train_sampler
+from instembed.engine.speed import (
+    CompiledOrEager,
+    autocast_context,
+    contiguous_state,
+    float32_heads,
+    to_memory_format,
+    warn_if_emulated_bf16,
+)
 
 log = logging.getLogger(__name__)
 
@@ -210,11 +217,17 @@ class Trainer:
         if len(self.train_set) == 0:
             raise ValueError("the training set is empty")
         self.model = build_model_from_config(cfg.model).to(self.device)
+        if cfg.optim.channels_last:  # before the optimizer: its states follow the weights
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.loss_fn = build_loss_from_config(cfg.loss).to(self.device)
         self.optimizer = build_optimizer(cfg, self.model)
         self.scheduler = build_scheduler(cfg, self.optimizer)
         self.use_amp = bool(cfg.optim.amp and self.device.type == "cuda")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.use_bf16 = bool(cfg.optim.bf16 and self.device.type == "cpu")
+        warn_if_emulated_bf16(self.device, self.use_bf16)
+        if self.use_bf16:
+            float32_heads(self.model)
         self.step = 0
         self.best: dict | None = None
         self.metrics: dict[str, float] = {}
@@ -230,6 +243,8 @@ class Trainer:
             self.net: nn.Module = DDP(self.model, device_ids=ids)
         else:
             self.net = self.model
+        if cfg.run.compile:  # the training forward only; checkpoints hold self.model's state
+            self.net = CompiledOrEager(self.net)
 
     # ----------------------------------------------------------------- checkpoints
     def _resume(self) -> None:
@@ -269,7 +284,7 @@ class Trainer:
                 extra["scaler"] = self.scaler.state_dict()
         path = ck.save_checkpoint(
             self.out / name,
-            model_state=self.model.state_dict(),
+            model_state=contiguous_state(self.model.state_dict()),
             config_yaml=config_to_yaml(self.cfg),
             step=self.step,
             metrics=self.metrics or None,
@@ -284,8 +299,9 @@ class Trainer:
     def _batches(self) -> Iterator[dict]:
         from instembed.data.dataset import collate
 
-        sampler = StepSampler(
-            len(self.train_set),
+        sampler = train_sampler(
+            self.train_set,
+            self.cfg.data,
             self.cfg.run.seed,
             self.dist,
             start=self.step * self.cfg.data.batch_size,
@@ -317,14 +333,13 @@ class Trainer:
     def train_step(self, batch: dict) -> tuple[float, dict[str, float]]:
         """One optimizer step; returns (rank-averaged loss, terms). Raises NonFiniteLossError."""
         batch = self._to_device(batch)
-        autocast = torch.autocast("cuda", dtype=torch.float16) if self.use_amp else nullcontext()
-        with autocast:
+        with autocast_context(self.device, self.use_amp, self.use_bf16):
             outputs = self.net(
-                batch["image"],
+                to_memory_format(batch["image"], self.cfg.optim.channels_last),
                 coords_origin=batch.get("coords_origin"),
                 targets=image_targets(batch),
             )
-        outputs = outputs.map(lambda t: t.float())
+        outputs = outputs.map(lambda t: t.float().contiguous())
         total, terms = self.loss_fn(outputs, batch)
         values = {k: float(v.detach()) for k, v in terms.items()}
         values = {"loss": float(total.detach()), **values}
@@ -429,14 +444,20 @@ class Trainer:
                 f"the run folder {self.out}" if gone else f"{', '.join(removed)} from {self.out}",
             )
 
-    def fit(self, stop_at: int | None = None, time_limit_s: float | None = None) -> FitResult:
+    def fit(
+        self, stop_at: int | None = None, time_limit_s: float | None = None, cpu_time: bool = False
+    ) -> FitResult:
         """Train until ``run.steps`` (or ``stop_at`` steps, or ``time_limit_s`` seconds of
         wall-clock time, whichever comes first; the last two end with status "stopped").
+        ``cpu_time``: ``time_limit_s`` counts this process's CPU seconds instead (a budget
+        that stays fair when other work shares the machine; with one torch thread and no
+        data-loader workers, CPU seconds = seconds of one core spent on training).
 
         See the class docstring for what happens to the run folder (fresh start, resume,
         failure before the first checkpoint)."""
         cfg = self.cfg
-        t_start = time.perf_counter()
+        clock = time.process_time if cpu_time else time.perf_counter
+        t_start = clock()
         end = cfg.run.steps if stop_at is None else min(stop_at, cfg.run.steps)
         main = self.dist.is_main
         no_val = len(self.val_samples) == 0
@@ -496,9 +517,7 @@ class Trainer:
                     if stop:
                         status = "interrupted"
                         break
-                    if time_limit_s is not None and self._agree(
-                        time.perf_counter() - t_start > time_limit_s
-                    ):
+                    if time_limit_s is not None and self._agree(clock() - t_start > time_limit_s):
                         log.info("time limit of %.0f s reached at step %d", time_limit_s, self.step)
                         break
                     # the same cadence whatever stop_at is, so a resumed run replays the same RNG use
