@@ -1,9 +1,11 @@
 """Instance-sensitive FCN (Dai et al. 2016) vs spatial-centre ordering vs a semi-convolutional
 embedding (Novotny et al. 2018) at equal step budgets on synthetic touching cells and the
-coloring-dilemma dot grid; AP_dsb@0.5 and COCO AP on fresh test images.
+coloring-dilemma dot grid, and on BBBC039 nuclei (real images, when the shared data is there);
+AP_dsb@0.5 and COCO AP on test images no run trained on.
 
     python benchmarks/repro_instance_fcn.py --quick     # 300 steps per run, 4 test images
     python benchmarks/repro_instance_fcn.py             # 1500 steps per run, 8 test images
+    python benchmarks/repro_instance_fcn.py --datasets bbbc039 --data ../shared/data
 
 Every run goes through the engine's Trainer (the registered families, losses and
 post-processings, as ``instembed train`` runs them): the same U-Net backbone (depth 2, width
@@ -17,6 +19,13 @@ same optimiser and number of steps; the scores are on test images of another see
   (``mode=largest``: one instance per slot); ``ordering/components`` re-scores the same model
   with ``mode=components`` (every connected component of every slot an instance: identity
   from connectivity instead of the slot -- a diagnostic, not the method);
+BBBC039 (``bbbc039``): the recorded train split of ``<data>/bbbc039`` (percentile-normalised,
+128 x 128 crops, batch 4); the test images are the first ``n_test`` images of the recorded
+validation split, each cut to its central ``test_size`` window (so the 30 ordered slots are not
+overrun by the ~150 nuclei of a whole image -- a limit of the ordering method the synthetic
+scenes already show). Nuclei are ~25 px across, so the instance-sensitive windows are 31 / 45
+pixels and the semi-convolutional coordinate scale 1/32 there.
+
 * ``semiconv``: configs/dot_grid_semiconv.yaml's semi-convolutional embedding (2-D, coord
   scale 1/14, discriminative loss) on the same backbone, plus a 2-class semantic head for the
   foreground; k-means with the true number of objects (the coloring-dilemma protocol: an
@@ -33,6 +42,7 @@ import argparse
 import copy
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -50,6 +60,20 @@ MODES = {
 DATASETS = {
     "touching_cells": {"synth": "touching_cells", "synth_params": {}},
     "dot_grid": {"synth": "dot_grid", "synth_params": {"radius": 4, "spacing": 14}},
+    "bbbc039": {
+        "path": "bbbc039",
+        "split": "bbbc039",
+        "reader_params": {"normalize": "percentile"},
+    },
+}
+# per-data-set changes to the methods and the data stage (objects of another size)
+DATASET_OVERRIDES = {
+    "bbbc039": {
+        "isfcn": {"model": {"window_sizes": [31, 45]}},
+        "semiconv": {"model": {"coord_scale": 1 / 32}},
+        "data": {"size": None, "crop": [128, 128], "n_train": None, "n_val": None},
+        "test_size": {"quick": (128, 128), "full": (192, 192)},
+    }
 }
 BACKBONE = {"backbone": "unet", "depth": 2, "width": 16}
 METHODS = {
@@ -90,20 +114,30 @@ RESCORE = {
 KEYS = ("AP_dsb@0.5", "AP", "AP50", "AP75", "SBD")
 
 
-def config(method: str, dataset: str, steps: int, seed: int) -> dict:
+def config(method: str, dataset: str, steps: int, seed: int, data_root: Path | None = None) -> dict:
     m = copy.deepcopy(METHODS[method])
     backbone = dict(BACKBONE)
     m["model"]["backbone"] = backbone.pop("backbone")
     m["model"]["params"].update(backbone)
+    over = DATASET_OVERRIDES.get(dataset, {})
+    m["model"]["params"].update(over.get(method, {}).get("model", {}))
+    data = {
+        **copy.deepcopy(DATASETS[dataset]),
+        "n_train": 64,
+        "n_val": 2,
+        "size": [64, 64],
+        "crop": [48, 48],
+        "batch_size": 4,
+    }
+    for key, value in over.get("data", {}).items():
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    if "path" in data:
+        data["path"] = str(Path(data_root or "../shared/data") / data["path"])
     return {
-        "data": {
-            **copy.deepcopy(DATASETS[dataset]),
-            "n_train": 64,
-            "n_val": 2,
-            "size": [64, 64],
-            "crop": [48, 48],
-            "batch_size": 4,
-        },
+        "data": data,
         **m,
         "optim": {"lr": 0.003, "warmup_steps": 20, "grad_clip": 5.0},
         "run": {
@@ -132,6 +166,37 @@ def evaluate(model, samples, cluster) -> tuple[dict, list]:
             preds.append(cluster_outputs(out, cluster_config_for(s, cluster)))
     m = score(samples, preds)
     return {k: round(float(m[k]), 4) for k in KEYS if k in m}, outs
+
+
+def centre_crop(sample, size: tuple[int, int]):
+    """The central ``size`` window of a Sample, instance ids relabelled 1..N (cut objects kept)."""
+    from instembed.data.sample import Sample
+
+    h, w = sample.shape
+    th, tw = min(size[0], h), min(size[1], w)
+    y0, x0 = (h - th) // 2, (w - tw) // 2
+    lab = np.asarray(sample.label_image())[y0 : y0 + th, x0 : x0 + tw]
+    ids, inv = np.unique(lab, return_inverse=True)
+    lab = inv.reshape(lab.shape).astype(np.int32) if ids[0] == 0 else (inv + 1).reshape(lab.shape)
+    image = np.ascontiguousarray(sample.image[:, y0 : y0 + th, x0 : x0 + tw])
+    return Sample(image=image, instances=lab.astype(np.int32), path=sample.path)
+
+
+def test_samples(dataset: str, p: dict, seed: int, data_root: Path, mode: str) -> list:
+    """The fixed test images of one data set (synthetic: another seed; real: the val split)."""
+    spec = DATASETS[dataset]
+    if "synth" in spec:
+        from instembed.data.synth import make_samples
+
+        return make_samples(spec["synth"], p["n_test"], size=p["test_size"], seed=1000 + seed,
+                            **spec["synth_params"])  # fmt: skip
+    from instembed.data.readers import open_dataset
+    from instembed.data.splits import split_dataset
+
+    reader = open_dataset(data_root / spec["path"], **spec["reader_params"])
+    _, val = split_dataset(reader, spec["split"])
+    size = DATASET_OVERRIDES[dataset]["test_size"][mode]
+    return [centre_crop(val[i], size) for i in range(min(p["n_test"], len(val)))]
 
 
 def figure(sample, out, path: Path) -> None:
@@ -193,10 +258,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: fastest when busy)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=None, help="override the mode's step budget")
+    ap.add_argument(
+        "--datasets", nargs="*", default=None, choices=sorted(DATASETS),
+        help="data sets to run (default: all; bbbc039 only when DATA/bbbc039 exists)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--data",
+        default=None,
+        help="folder holding bbbc039/ (default: $INSTEMBED_DATA or ../shared/data)",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
-    from instembed.data.synth import make_samples
     from instembed.engine.config import ClusterConfig, config_from_dict
     from instembed.engine.trainer import Trainer
 
@@ -208,13 +281,21 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {}
     seconds: dict = {}
     configs: dict = {}
+    data_root = Path(
+        args.data or os.environ.get("INSTEMBED_DATA") or REPO.parent / "shared" / "data"
+    )
+    datasets = args.datasets
+    if datasets is None:
+        datasets = [d for d in DATASETS if "synth" in DATASETS[d] or (data_root / d).is_dir()]
+    for d in datasets:
+        if "path" in DATASETS[d] and not (data_root / DATASETS[d]["path"]).is_dir():
+            ap.error(f"--datasets {d}: {data_root / DATASETS[d]['path']} not found (see --data)")
     t_all = time.perf_counter()
-    for dataset, spec in DATASETS.items():
-        test = make_samples(spec["synth"], p["n_test"], size=p["test_size"], seed=1000 + args.seed,
-                            **spec["synth_params"])  # fmt: skip
+    for dataset in datasets:
+        test = test_samples(dataset, p, args.seed, data_root, mode)
         results[dataset], seconds[dataset] = {}, {}
         for method in METHODS:
-            d = config(method, dataset, p["steps"], args.seed)
+            d = config(method, dataset, p["steps"], args.seed, data_root)
             configs[f"{dataset}/{method}"] = d
             cfg = config_from_dict(d)
             t0 = time.perf_counter()
@@ -252,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
             "test_size": list(p["test_size"]),
             "test_seed": 1000 + args.seed,
             "train": "64 synthetic 64x64 images, 48x48 crops, batch 4, flips/rot90 (engine defaults)",
+            "train_bbbc039": "recorded bbbc039 train split, 128x128 crops, batch 4",
+            "test_bbbc039": "first n_test images of the recorded val split, central window "
+            + "x".join(map(str, DATASET_OVERRIDES["bbbc039"]["test_size"][mode])),
             "backbone": BACKBONE,
             "semiconv_clustering": "k-means with the true number of objects, semantic-head foreground",
             "configs": configs,
