@@ -452,6 +452,83 @@ def section_leaves(results: Path) -> list[str]:
     return lines
 
 
+def section_peers_trained(results: Path) -> list[str]:
+    """Peers trained beside instembed (``benchmarks/peer_*.py``): every
+    ``results/peer_<dataset>.json``, both rows (instembed's shipped model and the peer)."""
+    lines = ["## Peers trained beside instembed", ""]
+    files = sorted(p for p in results.glob("peer_*.json") if not p.stem.endswith("_smoke"))
+    if not files:
+        return lines + [
+            "not run: `/work/peer_venv/bin/python benchmarks/peer_stardist.py --dataset bbbc039` "
+            "(peer venv: see the script's docstring)",
+            "",
+        ]
+    for path in files:
+        r = json.loads(path.read_text())
+        split = r["split"]
+        lines += [
+            f"**{r['dataset']}, {r['rows'][-1]['method']}**: trained on the {split['n_train']} training images of the "
+            f"recorded split, scored on {split['n_scored']} of its {split['n_val']} val images "
+            f"(whole images, one thread){' - a SMOKE TEST, not a result' if r.get('smoke_test') else ''}.",
+            "",
+        ]
+        rows = [
+            [
+                x["method"],
+                x["AP_dsb@0.5"],
+                x["AP_dsb@0.5:0.95"],
+                x["AP"],
+                fmt(x["FP_per_image@0.5"], 2),
+                fmt(x["s_per_image"], 2),
+                f"{x['train_seconds'] / 60:.1f} min",
+                x["steps"],
+                f"{x['batch']} x {x['patch'][0]}x{x['patch'][1]}" if x.get("patch") else x["batch"],
+            ]
+            for x in r["rows"]
+        ]
+        lines += table(
+            [
+                "method",
+                "AP_dsb@0.5",
+                "mean AP_dsb@0.5:0.95",
+                "COCO AP",
+                "FP / image @0.5",
+                "s / image",
+                "training",
+                "steps",
+                "batch x patch",
+            ],
+            rows,
+        )
+        peer = r.get("stardist") or r.get("cellpose") or {}
+        thresholds = ", ".join(f"{k} {v:.3g}" for k, v in (peer.get("thresholds") or {}).items())
+        if "stardist" in r:
+            how = "a Keras callback stops it"
+            thr = f"StarDist's thresholds tuned on the val split ({thresholds}), "
+            thr += "as the shipped model's were"
+        else:
+            how = "checked before every optimiser step"
+            thr = f"Cellpose's default thresholds ({thresholds}; it has no tuner)"
+        cpu = (
+            f"; {peer['train_cpu_seconds'] / 60:.1f} CPU-min in "
+            f"{peer['train_seconds'] / 60:.1f} min wall-clock"
+            if peer.get("train_cpu_seconds") is not None
+            else ""
+        )
+        lines += [
+            "",
+            f"Script: `{r['script']}`; metrics: `{r['metrics_from']}`. Peer training budget "
+            f"{r['budget_s'] / 60:.1f} min wall-clock on one thread ({how}; {peer.get('epochs')} "
+            f"epoch(s), {peer.get('steps')} steps done, stopped by the budget: "
+            f"{peer.get('stopped_by_budget')}{cpu}); {thr}. The instembed row is the shipped "
+            f"model as it is (its recorded training). Machine: {r['machine']}. Caveat: "
+            f"{r['load_caveat']} (load average at start {r['loadavg_start'][0]}, at end "
+            f"{r['loadavg_end'][0]}).",
+            "",
+        ]
+    return lines
+
+
 PEER = """## Peer: EmbedSeg (PyPI `embedseg` 0.2.5)
 
 Not run beside ours. Checked in this session (`pip download --no-deps embedseg==0.2.5`,
@@ -507,6 +584,7 @@ def main(argv: list[str] | None = None) -> int:
     lines += section_maskrcnn(results)
     lines += section_instance_fcn(results)
     lines += section_recurrent(results)
+    lines += section_peers_trained(results)
     lines += [PEER]
     Path(args.out).write_text("\n".join(lines))
     print(f"wrote {args.out}")
