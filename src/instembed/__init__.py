@@ -9,6 +9,8 @@ The pipeline, one sub-package per stage::
 
 One call segments an image: ``instembed.segment(image, model="bbbc039-nuclei")``
 (:func:`instembed.api.segment`, exported lazily: ``import instembed`` does not import torch).
+An image larger than memory: ``instembed.segment_to_zarr(image, model, "out.zarr")``
+(:func:`instembed.engine.dask_blocks.segment_to_zarr`, block by block on Dask; lazy as well).
 """
 
 import logging
@@ -17,7 +19,7 @@ __version__ = "0.1.0"
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
-__all__ = ["__version__", "segment"]
+__all__ = ["__version__", "segment", "segment_to_zarr"]
 
 
 def __getattr__(name: str):
@@ -27,6 +29,11 @@ def __getattr__(name: str):
 
         globals()["segment"] = segment
         return segment
+    if name == "segment_to_zarr":
+        from instembed.engine.dask_blocks import segment_to_zarr
+
+        globals()["segment_to_zarr"] = segment_to_zarr
+        return segment_to_zarr
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -1,5 +1,5 @@
 """``instembed predict --model M INPUTS... --out DIR [--tile SIZE --overlap PX] [--tta] [--batch N]
-[--scale S] [--cluster KEY=VALUE ...]``."""
+[--scale S] [--cluster KEY=VALUE ...] [--blocks SIZE] [--scheduler ADDRESS] [--workers N]``."""
 
 from __future__ import annotations
 
@@ -14,7 +14,14 @@ PNGs + json. Images that fail to load are reported, skipped and listed at the en
 exit code is then 1. --scale S resizes each image by S before the network (objects of another
 size than the model's training data: 0.5 when they are twice as large) and writes the results
 at the image's own size. --cluster overrides are checked against the clustering method's
-parameters (names, types, required ones) before any image is read."""
+parameters (names, types, required ones) before any image is read.
+
+Huge images: --blocks SIZE segments each input (TIFF read lazily, zarr / OME-Zarr folder, or any
+image) block by block into DIR/<stem>.zarr (a zarr group; the label array is <stem>.zarr/labels)
+as Dask tasks: on a local cluster of --workers processes, or on the cluster of --scheduler
+ADDRESS. Running the same command again after a failure computes only the missing blocks.
+Many images: --scheduler or --workers without --blocks spreads the images over Dask workers,
+each written as without them (--resume skips images whose files all exist)."""
 
 
 def add_arguments(parser) -> None:
@@ -95,6 +102,35 @@ def add_arguments(parser) -> None:
         action="store_true",
         help="replace existing output files and allow --out to be a folder holding input images "
         "(an input image itself is never replaced)",
+    )
+    parser.add_argument(
+        "--blocks",
+        type=int,
+        default=None,
+        metavar="SIZE",
+        help="segment each input block by block (SIZE px cores) into OUT/<stem>.zarr as Dask "
+        "tasks: for images larger than memory (TIFF read lazily, .zarr / OME-Zarr folders); "
+        "the same command continues a stopped run",
+    )
+    parser.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="Dask scheduler to run on (tcp://host:8786; 'synchronous': in this process); "
+        "default with --blocks or --workers: a local cluster of --workers processes",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="processes of the local Dask cluster (default: one per CPU core)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip the images whose output files all exist and write the others (replacing "
+        "their partial files): continue a stopped run",
     )
     add_threads_argument(parser)
 
@@ -199,6 +235,9 @@ def run(args) -> int:
         from instembed.engine.config import ClusterConfig
 
         apply_cluster_overrides(ClusterConfig(), args.cluster)
+    dask = _check_dask_options(args)
+    if args.blocks is not None:
+        return _run_blocks(args)
     files, bad = expand_inputs(args.inputs)
     if not files and bad:
         for item, why in bad:
@@ -206,15 +245,31 @@ def run(args) -> int:
         return 1
     out = Path(args.out)
     names = output_names(files)
-    planned = planned_files(
-        out,
-        names,
+    plan = dict(
         labels_format=args.format,
         overlay=not args.no_overlay,
         panoptic=args.panoptic,
         coco=None if args.coco is None else Path(args.coco),
     )
-    check_outputs(files, planned, out, overwrite=args.overwrite)  # before any work
+    skip: set = set()
+    if args.resume:  # images whose every file exists were done by the stopped run
+        per_image = {k: v for k, v in plan.items() if k != "coco"}
+        skip = {
+            f
+            for f, n in zip(files, names)
+            if all(p.exists() for p in planned_files(out, [n], **per_image))
+        }
+        files, names = (
+            [f for f in files if f not in skip],
+            [n for f, n in zip(files, names) if f not in skip],
+        )
+    planned = planned_files(out, names, **plan)
+    # before any work; --resume rewrites the partial files of the images not done
+    check_outputs(files, planned, out, overwrite=args.overwrite or args.resume)
+    if dask:
+        return _run_files_on_dask(args, files, names, out, skip, bad)
+    if skip:
+        print(f"{len(skip)} image(s) already segmented: skipped (--resume)")
     apply_threads(args.threads)
     predictor = Predictor.from_spec(
         args.model,
@@ -285,4 +340,168 @@ def run(args) -> int:
             print(f"  {item}: {why}", file=sys.stderr)
         return 1
     del np
+    return 0
+
+
+# --------------------------------------------------------------------------- Dask
+def _check_dask_options(args) -> bool:
+    """Whether the run uses Dask (--blocks, --scheduler or --workers); refuses the options that
+    do not go with it (one-line ValueError naming them)."""
+    dask = args.blocks is not None or args.scheduler is not None or args.workers is not None
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    if args.workers is not None and args.scheduler is not None:
+        raise ValueError("--workers sizes the local Dask cluster; it does not go with --scheduler")
+    if args.blocks is not None:
+        if args.blocks < 16:
+            raise ValueError(f"--blocks must be >= 16 pixels, got {args.blocks}")
+        for given, name in (
+            (args.tile is not None, "--tile (the in-memory block size)"),
+            (args.scale != 1.0, "--scale"),
+            (args.batch != 1, "--batch"),
+            (args.format != "tif", "--format"),
+        ):
+            if given:
+                raise ValueError(f"--blocks writes a zarr label array; {name} does not apply")
+    if args.resume and (args.coco or args.panoptic):
+        raise ValueError(
+            "--resume does not go with --coco / --panoptic (their files cover every image of the "
+            "run); run without them"
+        )
+    if dask and (args.coco or args.panoptic):
+        raise ValueError(
+            "--coco and --panoptic are not written by Dask runs (--blocks / --scheduler / "
+            "--workers); run without them"
+        )
+    return dask
+
+
+def _zarr_inputs(inputs: list[str]):
+    """(inputs, problems) for --blocks: zarr folders (``*.zarr``, or holding ``zarr.json`` /
+    ``.zarray`` / ``.zgroup``) as themselves, other items as predict expands them."""
+    from pathlib import Path
+
+    from instembed.engine.predict import expand_inputs
+
+    found, rest = [], []
+    for item in inputs:
+        p = Path(item)
+        marks = ("zarr.json", ".zarray", ".zgroup")
+        if p.is_dir() and (p.suffix.lower() == ".zarr" or any((p / m).exists() for m in marks)):
+            found.append(p)
+        else:
+            rest.append(item)
+    files, bad = expand_inputs(rest) if rest else ([], [])
+    return found + files, bad
+
+
+def _run_blocks(args) -> int:
+    """--blocks: each input into OUT/<stem>.zarr (instembed.engine.dask_blocks)."""
+    import sys
+    from pathlib import Path
+
+    from instembed.data.errors import ImageReadError
+    from instembed.engine.dask_blocks import segment_to_zarr
+    from instembed.engine.dask_run import BlockwiseError, dask_client
+    from instembed.engine.outputs import OutputConflict, output_names
+    from instembed.engine.predict import load_model
+
+    inputs, bad = _zarr_inputs(args.inputs)
+    for item, why in bad:
+        print(f"instembed predict: {item}: {why}", file=sys.stderr)
+    if not inputs:
+        return 1
+    out = Path(args.out)
+    targets = [out / f"{name}.zarr" for name in output_names(inputs)]
+    for src, target in zip(inputs, targets):
+        if Path(src).resolve() == target.resolve():
+            raise OutputConflict(
+                f"output {target} would replace the input {src}; choose another --out"
+            )
+    _, cfg = load_model(args.model, "cpu")
+    cluster = _cluster_config(cfg.cluster, args.cluster)  # before any block
+    threads = args.threads if args.threads is not None else (1 if args.scheduler is None else None)
+    n_done, n_inst = 0, 0
+    with dask_client(args.scheduler, args.workers) as client:
+        for src, target in zip(inputs, targets):
+            try:
+                res = segment_to_zarr(
+                    str(src),
+                    args.model,
+                    target,
+                    block=args.blocks,
+                    halo=args.halo,
+                    overlap=args.overlap,
+                    tta=args.tta,
+                    cluster=cluster,
+                    channel=args.channel,
+                    device=args.device,
+                    scheduler=client if client is not None else "synchronous",
+                    threads=threads,
+                    progress=not args.no_progress,
+                    overwrite=args.overwrite,
+                )
+            except (BlockwiseError, ImageReadError) as err:
+                print(f"instembed predict: {err}", file=sys.stderr)
+                bad.append((str(src), str(err).splitlines()[0]))
+                continue
+            n_done += 1
+            n_inst += res.instances
+            done = f"{res.computed} computed"
+            if res.resumed:
+                done += f", {res.resumed} already done"
+            print(
+                f"{src}: {res.instances} instance(s), {res.blocks} blocks ({done}) -> {res.labels}"
+            )
+    print(f"{n_done} image(s) segmented, {n_inst} instance(s), written to {out}")
+    if bad:
+        print(f"{len(bad)} input(s) failed:", file=sys.stderr)
+        for item, why in bad:
+            print(f"  {item}: {why}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_files_on_dask(args, files, names, out, skip, bad) -> int:
+    """--scheduler / --workers without --blocks: one Dask task per image."""
+    import sys
+
+    from instembed.engine.dask_run import ModelSpec, predict_files
+    from instembed.engine.predict import WriteOptions, load_model
+
+    _, cfg = load_model(args.model, "cpu")
+    cluster = _cluster_config(cfg.cluster, args.cluster)  # before any image
+    spec = ModelSpec(
+        args.model,
+        device=args.device,
+        cluster=cluster,
+        tta=args.tta,
+        overlap=args.overlap,
+        tile=args.tile,
+        halo=args.halo,
+        scale=args.scale,
+        batch=args.batch,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    res = predict_files(
+        files,
+        names,
+        spec,
+        out,
+        WriteOptions(labels_format=args.format, overlay=not args.no_overlay),
+        normalize=cfg.data.reader_params.get("normalize", "percentile"),
+        channel=args.channel,
+        scheduler=args.scheduler,
+        workers=args.workers,
+        threads=args.threads,
+        progress=not args.no_progress,
+    )
+    skipped = f" ({len(skip)} already segmented: skipped)" if skip else ""
+    print(f"{res.done} image(s) segmented, {res.instances} instance(s), written to {out}{skipped}")
+    bad = bad + res.failed
+    if bad:
+        print(f"{len(bad)} input(s) failed and were skipped:", file=sys.stderr)
+        for item, why in bad:
+            print(f"  {item}: {why}", file=sys.stderr)
+        return 1
     return 0

@@ -24,6 +24,12 @@ per instance) grows with the image.
 
 Coordinates: every window runs with ``coords_origin`` = its position in the image, so
 semi-convolutional embeddings are those of the whole image and regions cluster consistently.
+
+The steps of one block are shared with the out-of-memory version
+(:mod:`instembed.engine.dask_blocks`, blocks as Dask tasks written to zarr):
+:func:`window_for` + :func:`region_outputs` (the network on one window), :func:`keep_block`
+(the anchor rule, drawing the kept instances on the region) and :func:`paste_first` (the first
+claim wins), so both give the same label image.
 """
 
 from __future__ import annotations
@@ -123,6 +129,91 @@ def _extents(inst: Instances) -> list:
     return [(slice(0, 0), slice(0, 0)) if f is None else f for f in found]
 
 
+@dataclass
+class KeptBlock:
+    """The instances one block keeps (anchor in its core), drawn on the block's region.
+
+    ``labels`` (region-sized int32): kept instance ``j`` (1-based, in the post-processing's
+    order) on its pixels, an earlier one winning a pixel that two masks share; 0 elsewhere.
+    ``scores`` (n,) float32, ``classes`` (n,) int64 or None, ``anchors`` (n, 2) whole-image
+    (y, x), ``crops`` the (y0, x0, y1, x1, mask) of each kept mask in whole-image coordinates
+    when the post-processing gives overlapping masks (else None), ``cut`` the number of kept
+    instances touching an edge of the region that is not the image's edge (an object larger than
+    the halo beyond its anchor may have been cut there).
+    """
+
+    labels: np.ndarray
+    scores: np.ndarray
+    classes: np.ndarray | None
+    anchors: np.ndarray
+    crops: list | None
+    cut: int
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+def keep_block(inst: Instances, b: Block, size: tuple[int, int]) -> KeptBlock:
+    """The instances of ``inst`` (numpy, found on the region of ``b``) whose anchor lies in the
+    core of ``b`` (the anchor rule of the module docstring), drawn on the region."""
+    h, w = size
+    rh, rw = b.ry1 - b.ry0, b.rx1 - b.rx0
+    anchors = _anchors(inst) + np.array([b.ry0, b.rx0])
+    keep = np.flatnonzero(
+        (anchors[:, 0] >= b.cy0)
+        & (anchors[:, 0] < b.cy1)
+        & (anchors[:, 1] >= b.cx0)
+        & (anchors[:, 1] < b.cx1)
+    )
+    extents = _extents(inst)
+    inner = (b.ry0 > 0, b.ry1 < h, b.rx0 > 0, b.rx1 < w)  # region edges inside the image
+    cut = 0
+    for k in keep:
+        ys, xs = extents[k]
+        edges = (ys.start == 0, ys.stop == rh, xs.start == 0, xs.stop == rw)
+        cut += ys.stop > ys.start and any(e and i for e, i in zip(edges, inner))
+    crops = None
+    if inst.masks is None:
+        lut = np.zeros(len(inst) + 1, np.int32)
+        lut[keep + 1] = np.arange(1, len(keep) + 1, dtype=np.int32)
+        labels = lut[inst.labels]
+    else:
+        labels, crops = np.zeros((rh, rw), np.int32), []
+        for j, k in enumerate(keep, start=1):
+            sl = extents[k]  # work inside the instance's bounding box only
+            m = inst.masks[k][sl]
+            view = labels[sl]
+            view[m & (view == 0)] = j
+            y0, y1, x0, x1 = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
+            crops.append((b.ry0 + y0, b.rx0 + x0, b.ry0 + y1, b.rx0 + x1, m))
+    return KeptBlock(
+        labels=labels,
+        scores=np.asarray(inst.scores, np.float32)[keep],
+        classes=None if inst.classes is None else np.asarray(inst.classes, np.int64)[keep],
+        anchors=anchors[keep],
+        crops=crops,
+        cut=int(cut),
+    )
+
+
+def paste_first(view: np.ndarray, kept: np.ndarray, offset: int) -> None:
+    """Paste the kept labels of a region (0 = none) into ``view`` (the same pixels of the image's
+    labels) with ids shifted by ``offset``, where ``view`` is still 0: a pixel already claimed by
+    an instance of an earlier block keeps it."""
+    m = (kept > 0) & (view == 0)
+    view[m] = kept[m] + offset
+
+
+def warn_cut(cut: int, halo: int) -> None:
+    if cut:
+        log.warning(
+            "%d instance(s) touch the edge of their block's region: objects reaching more than "
+            "the halo (%d px) beyond their centre may be cut in two; use a larger halo",
+            cut,
+            halo,
+        )
+
+
 def segment_blockwise(
     region_outputs: Callable[[int, int, int, int], Outputs],
     size: tuple[int, int],
@@ -148,11 +239,12 @@ def segment_blockwise(
     h, w = size
     blocks = block_grid(h, w, block, halo)
     labels = np.zeros((h, w), np.int32)
-    scores: list[float] = []
-    classes: list[int] = []
+    scores: list[np.ndarray] = []
+    classes: list[np.ndarray] = []
     crops: list[tuple[int, int, int, int, np.ndarray]] = []  # (y0, x0, y1, x1, mask) per kept
     semantic: np.ndarray | None = None
     any_classes = any_masks = False
+    n, cut = 0, 0
     for i, b in enumerate(blocks):
         out = region_outputs(b.ry0, b.ry1, b.rx0, b.rx1)
         inst = cluster(out)
@@ -161,38 +253,27 @@ def segment_blockwise(
                 semantic = np.zeros((h, w), np.int32)
             core = out.semantic[0, :, b.cy0 - b.ry0 : b.cy1 - b.ry0, b.cx0 - b.rx0 : b.cx1 - b.rx0]
             semantic[b.cy0 : b.cy1, b.cx0 : b.cx1] = core.argmax(0).cpu().numpy()
-        anchors = _anchors(inst) + np.array([b.ry0, b.rx0])
-        keep = (
-            (anchors[:, 0] >= b.cy0)
-            & (anchors[:, 0] < b.cy1)
-            & (anchors[:, 1] >= b.cx0)
-            & (anchors[:, 1] < b.cx1)
-        )
+        kept = keep_block(inst, b, size)
         any_classes |= inst.classes is not None
         any_masks |= inst.masks is not None
-        view = labels[b.ry0 : b.ry1, b.rx0 : b.rx1]
-        extents = _extents(inst)
-        for k in np.flatnonzero(keep):
-            sl = extents[k]  # work inside the instance's bounding box only
-            y0, y1, x0, x1 = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
-            m = inst.masks[k][sl] if inst.masks is not None else inst.labels[sl] == k + 1
-            new_id = len(scores) + 1
-            view[sl][m & (view[sl] == 0)] = new_id
-            scores.append(float(inst.scores[k]))
-            classes.append(int(inst.classes[k]) if inst.classes is not None else 0)
-            if inst.masks is not None:
-                crops.append((b.ry0 + y0, b.rx0 + x0, b.ry0 + y1, b.rx0 + x1, m))
+        paste_first(labels[b.ry0 : b.ry1, b.rx0 : b.rx1], kept.labels, n)
+        n += len(kept)
+        cut += kept.cut
+        scores.append(kept.scores)
+        classes.append(kept.classes if kept.classes is not None else np.zeros(len(kept), np.int64))
+        crops += kept.crops or []
         if progress is not None:
             progress(i + 1, len(blocks))
+    warn_cut(cut, halo)
     masks = None
     if any_masks:
-        masks = np.zeros((len(scores), h, w), bool)
+        masks = np.zeros((n, h, w), bool)
         for k, (y0, x0, y1, x1, m) in enumerate(crops):
             masks[k, y0:y1, x0:x1] = m
     return Instances(
         labels=labels,
-        scores=np.asarray(scores, np.float32),
-        classes=np.asarray(classes, np.int64) if any_classes else None,
+        scores=np.concatenate(scores).astype(np.float32) if scores else np.zeros(0, np.float32),
+        classes=np.concatenate(classes) if any_classes else None,
         masks=masks,
         semantic=semantic,
     )
@@ -211,6 +292,29 @@ def window_for(
     return wy0, min(y1 + context, h), wx0, min(x1 + context, w)
 
 
+def region_outputs(
+    model: torch.nn.Module,
+    window: torch.Tensor,
+    origin: tuple[int, int],
+    region: tuple[int, int, int, int],
+    forward: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], Outputs],
+) -> Outputs:
+    """``forward(model, window, origin)`` on one network window (C, h, w) whose top-left pixel
+    is ``origin`` (y, x) in the image, cropped to ``region`` (y0, y1, x0, x1, whole-image
+    coordinates); on the CPU, float32."""
+    wy0, wx0 = origin
+    y0, y1, x0, x1 = region
+    with torch.no_grad():
+        out = forward(model, window[None], torch.tensor([[wy0, wx0]], device=window.device))
+    if out.instances is not None:
+        raise ValueError(
+            "block-wise segmentation combines dense output maps, but this model returns "
+            "instances itself (Outputs.instances); run it on the whole image"
+        )
+    out = crop_outputs(out, y0 - wy0, y1 - wy0, x0 - wx0, x1 - wx0)
+    return out.map(lambda t: t.float().cpu())
+
+
 def network_regions(
     model: torch.nn.Module,
     image: torch.Tensor,
@@ -225,17 +329,8 @@ def network_regions(
 
     def run(y0: int, y1: int, x0: int, x1: int) -> Outputs:
         wy0, wy1, wx0, wx1 = window_for((y0, y1, x0, x1), (h, w), context, divisor)
-        x = image[None, :, wy0:wy1, wx0:wx1]
-        origin = torch.tensor([[wy0, wx0]], device=image.device)
-        with torch.no_grad():
-            out = forward(model, x, origin)
-        if out.instances is not None:
-            raise ValueError(
-                "block-wise segmentation combines dense output maps, but this model returns "
-                "instances itself (Outputs.instances); run it on the whole image"
-            )
-        out = crop_outputs(out, y0 - wy0, y1 - wy0, x0 - wx0, x1 - wx0)
-        return out.map(lambda t: t.float().cpu())
+        window = image[:, wy0:wy1, wx0:wx1]
+        return region_outputs(model, window, (wy0, wx0), (y0, y1, x0, x1), forward)
 
     return run
 
