@@ -294,3 +294,45 @@ def test_overlapping_prediction_is_written_as_a_mask_stack(tmp_path):
     assert [r["area"] for r in recs] == [36, 24]  # overlap counted in both
     with pytest.raises(ValueError, match="mask-stack TIFF"):
         write_prediction(tmp_path, "b", image, pred, WriteOptions(labels_format="png"))
+
+
+def test_predict_coco_gt_gives_the_annotation_files_image_ids(tmp_path, capsys):
+    """--coco-gt: COCO results and panoptic entries carry the ground truth's image ids (matched
+    by file name), not the inputs' positions; an input the file does not list is refused before
+    any work, naming the input."""
+    from instembed.cli import main
+
+    path, _, _ = _tiny_checkpoint(tmp_path, cells=True)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    rng = np.random.default_rng(1)
+    for name in ("a", "b"):
+        tifffile.imwrite(inputs / f"{name}.tif", (rng.random((40, 52)) * 1000).astype(np.uint16))
+    gt = tmp_path / "gt.json"  # ids in another order than the sorted inputs (a -> 1, b -> 2)
+    gt.write_text(json.dumps({"images": [{"id": 17, "file_name": "sub/b.tif"},
+                                         {"id": 5, "file_name": "a.tif"}],
+                              "annotations": [], "categories": []}))  # fmt: skip
+    out = tmp_path / "out"
+    rc = main(
+        ["predict", "--model", str(path), str(inputs), "--out", str(out), "--no-progress",
+         "--coco", str(out / "coco.json"), "--panoptic", "--coco-gt", str(gt)]
+    )  # fmt: skip
+    assert rc == 0
+    panoptic = json.loads((out / "panoptic.json").read_text())
+    assert {im["file_name"]: im["id"] for im in panoptic["images"]} == {"a.png": 5, "b.png": 17}
+    coco = json.loads((out / "coco.json").read_text())
+    assert {c["image_id"] for c in coco} == {5, 17}
+    # the records of image 5 are those of a.tif: their areas sum to a.tif's labelled pixels
+    lab_a = tifffile.imread(out / "a.tif")
+    assert sum(c["area"] for c in coco if c["image_id"] == 5) == int((lab_a > 0).sum())
+
+    gt.write_text(json.dumps({"images": [{"id": 5, "file_name": "a.tif"}]}))
+    capsys.readouterr()
+    rc = main(["predict", "--model", str(path), str(inputs), "--out", str(tmp_path / "o2"),
+               "--no-progress", "--coco", str(tmp_path / "c2.json"), "--coco-gt", str(gt)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and "1 input(s) are not among its images, e.g. 'b.tif'" in err
+    assert not (tmp_path / "o2").exists()  # refused before any work
+    rc = main(["predict", "--model", str(path), str(inputs), "--out", str(tmp_path / "o3"),
+               "--coco-gt", str(gt)])  # fmt: skip
+    assert rc == 2 and "--coco-gt gives image ids to --coco / --panoptic" in capsys.readouterr().err

@@ -79,6 +79,13 @@ def add_arguments(parser) -> None:
         "--coco", metavar="FILE", default=None, help="also write COCO results json (RLE)"
     )
     parser.add_argument(
+        "--coco-gt",
+        metavar="FILE",
+        default=None,
+        help="COCO annotation json of the inputs: --coco / --panoptic use its image ids (matched "
+        "by file name) instead of the inputs' positions 1..N",
+    )
+    parser.add_argument(
         "--panoptic",
         action="store_true",
         help="also write DIR/panoptic/<stem>.png + DIR/panoptic.json",
@@ -235,6 +242,8 @@ def run(args) -> int:
         from instembed.engine.config import ClusterConfig
 
         apply_cluster_overrides(ClusterConfig(), args.cluster)
+    if args.coco_gt is not None and not (args.coco or args.panoptic):
+        raise ValueError("--coco-gt gives image ids to --coco / --panoptic; pass one of them")
     dask = _check_dask_options(args)
     if args.blocks is not None:
         return _run_blocks(args)
@@ -266,6 +275,7 @@ def run(args) -> int:
     planned = planned_files(out, names, **plan)
     # before any work; --resume rewrites the partial files of the images not done
     check_outputs(files, planned, out, overwrite=args.overwrite or args.resume)
+    id_of = coco_image_ids(args.coco_gt, files)  # before the model is loaded
     if dask:
         return _run_files_on_dask(args, files, names, out, skip, bad)
     if skip:
@@ -296,7 +306,8 @@ def run(args) -> int:
         iterator = tqdm(files, desc="predict", unit="image")
     n_done, n_inst = 0, 0
     stem_of = dict(zip(files, names))
-    for image_id, path in enumerate(iterator, start=1):
+    for position, path in enumerate(iterator, start=1):
+        image_id = position if id_of is None else id_of[path]
         try:
             image, _ = load_image(
                 path, normalize, channels=predictor.in_channels, channel=args.channel
@@ -374,6 +385,40 @@ def _check_dask_options(args) -> bool:
             "--workers); run without them"
         )
     return dask
+
+
+def coco_image_ids(gt: str | None, files: list) -> dict | None:
+    """``{input: image id}`` from the ``images`` of the COCO annotation file ``gt`` (matched by
+    file name, as pycocotools' users match results to images), or None without ``gt``.
+
+    Raises ``ValueError`` naming the file when it is not COCO annotations, when a file name is
+    listed twice, or when an input is not listed (its results could not be scored)."""
+    if gt is None:
+        return None
+    import json
+    from pathlib import Path
+
+    try:
+        data = json.loads(Path(gt).read_text())
+        images = data["images"]
+        by_name: dict[str, int] = {}
+        for im in images:
+            name = Path(im["file_name"]).name
+            if name in by_name:
+                raise ValueError(f"--coco-gt {gt}: file name {name!r} is listed twice")
+            by_name[name] = int(im["id"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(
+            f"--coco-gt {gt}: expected a COCO annotation json with images [{{id, file_name}}], "
+            f"got {type(err).__name__}: {err}"
+        ) from None
+    missing = [f for f in files if Path(f).name not in by_name]
+    if missing:
+        raise ValueError(
+            f"--coco-gt {gt}: {len(missing)} input(s) are not among its images, e.g. "
+            f"{Path(missing[0]).name!r}"
+        )
+    return {f: by_name[Path(f).name] for f in files}
 
 
 def _zarr_inputs(inputs: list[str]):
