@@ -27,12 +27,7 @@ from instembed.models import build_model
 NEVEN, NOVOTNY = "10.48550/arXiv.1906.11109", "10.48550/arXiv.1807.10712"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _read(zip_path, name):

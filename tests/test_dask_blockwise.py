@@ -40,12 +40,7 @@ SCALE = 1 / 64
 SEEDED = ClusterConfig("seeded", {"seed_thresh": 0.5, "fg_thresh": 0.2, "min_size": 5})
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------- synthetic data

@@ -35,12 +35,7 @@ SMALL = {
 BOX_TOL, PROB_TOL = 1e-4, 1e-5
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _image(h: int, w: int, seed: int = 1) -> torch.Tensor:

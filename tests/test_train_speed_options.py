@@ -20,12 +20,7 @@ EPS32 = torch.finfo(torch.float32).eps  # 2**-23
 EPS_BF16 = torch.finfo(torch.bfloat16).eps  # 2**-7
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config(steps=2, **options):

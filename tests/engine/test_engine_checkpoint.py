@@ -8,14 +8,7 @@ import torch
 
 from instembed.engine import checkpoint as ck
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny networks: one intra-op thread avoids spin-wait contention on a busy 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _net(width=4):

@@ -36,12 +36,7 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 DOT_GRID = CONFIGS / "dot_grid_semiconv.yaml"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def one_line_error(capsys) -> str:

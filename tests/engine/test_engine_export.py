@@ -12,13 +12,7 @@ from instembed.engine.predict import instances_from_outputs
 from instembed.metrics import adjusted_rand_index
 from instembed.models import build_model
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(heads, seed=0, **bias):

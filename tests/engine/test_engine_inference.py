@@ -13,14 +13,7 @@ from instembed.engine.inference import (
 from instembed.models import build_model
 from instembed.structures import Outputs
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny networks: one intra-op thread avoids spin-wait contention on a busy 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _unet(semiconv=True, seed=0):

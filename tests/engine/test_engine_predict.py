@@ -19,13 +19,7 @@ from instembed.metrics import adjusted_rand_index
 from instembed.models import build_model
 from instembed.structures import Outputs
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class WindowCentroidNet(nn.Module):

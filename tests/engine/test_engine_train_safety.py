@@ -6,7 +6,6 @@ import csv
 import math
 
 import pytest
-import torch
 import yaml
 
 from instembed.cli import main
@@ -14,14 +13,7 @@ from instembed.engine import checkpoint as ck
 from instembed.engine.config import config_from_dict
 from instembed.engine.trainer import BEST, LAST, NonFiniteLossError, Trainer
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny networks: one intra-op thread is fastest on a loaded 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(n_val=0, **run):

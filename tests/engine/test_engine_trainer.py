@@ -19,14 +19,7 @@ from instembed.engine.trainer import LAST, NonFiniteLossError, Trainer
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny networks: one intra-op thread is fastest and avoids spin-wait contention on a
-    # loaded 2-core machine (measured 9 ms vs 0.3-2.4 s per step with 2 busy threads)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config(**run):

@@ -19,15 +19,6 @@ HEADS = {
 }
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny nets run faster on one thread (no OpenMP barriers on a busy machine); restored after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def toy_batch():
     """Two 24 x 24 images with 3 and 2 bright squares; labels 1..N, 0 = background."""
     labels = torch.zeros(2, 24, 24, dtype=torch.long)

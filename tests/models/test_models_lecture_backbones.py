@@ -19,13 +19,7 @@ from instembed.models.hrnet import HRFusion, HRNet
 from instembed.models.pspnet import PyramidPooling
 from instembed.models.resnet_blocks import GLOBAL_RECEPTIVE_FIELD
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 ALL_HEADS = {

@@ -9,14 +9,7 @@ from torch import nn
 from instembed.models import build_model
 from instembed.structures import Outputs
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny nets run faster on one thread (no OpenMP barriers on a busy machine); restored after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 ALL_HEADS = {
