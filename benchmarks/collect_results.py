@@ -237,94 +237,12 @@ def section_speed(results: Path) -> list[str]:
 
 
 def section_backbones(results: Path) -> list[str]:
-    lines = ["## Backbones on the synthetic street scenes: semantic mIoU / speed, panoptic PQ", ""]
-    r = load(results, "repro_backbones")
-    if r is None:
-        return lines + ["not run: `python benchmarks/repro_backbones.py --quick --threads 1`", ""]
-    s = r["settings"]
-    sem = r.get("semantic_rows", [])
-    h, w = s["speed_size"]
+    """benchmarks/repro_backbones.py's section: rendered by benchmarks/collect_backbones_fcn.py."""
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+    from collect_backbones_fcn import section_backbones as section
 
-    def thing_iou(x: dict) -> float | None:  # mean IoU of car, person, sign (ids 4-6)
-        ious = [x.get("IoU_per_class", {}).get(str(c)) for c in (4, 5, 6)]
-        ious = [v for v in ious if v is not None]
-        return float(sum(ious) / len(ious)) if ious else None
-
-    rows = [
-        [
-            x["backbone"],
-            f"{x['params']:,}",
-            x["mIoU"],
-            thing_iou(x),
-            fmt(x["images_per_s"], 2),
-            fmt(x["peak_mb"], 1),
-            x["steps"],
-            fmt(x["train_s"], 0),
-        ]
-        for x in sem
-    ]
-    lines += table(
-        [
-            "backbone",
-            "parameters",
-            "val mIoU",
-            "IoU things",
-            f"images/s @ {h}x{w}",
-            "peak MB",
-            "steps",
-            "train s",
-        ],
-        rows,
-    )
-    pan = r.get("panoptic_rows", [])
-    keys = ["PQ", "PQ_th", "PQ_st", "SQ", "RQ", "mIoU"]
-    if pan:
-        lines += ["", "Panoptic-DeepLab (semantic + center + offset heads), equal steps:", ""]
-        lines += table(
-            ["backbone", *keys, "steps", "train s"],
-            [
-                [x["backbone"], *[x.get(k) for k in keys], x["steps"], fmt(x["train_s"], 0)]
-                for x in pan
-            ],
-        )
-    o = (sem or pan or [{}])[0].get("config", {}).get("optim", {})
-    optim = f"{o.get('optimizer', '?')}, lr {o.get('lr', '?')}, {o.get('schedule', '?')} schedule"
-    converged = (
-        " **Quick mode: CI-sized, far from converged** -- the numbers show that every backbone "
-        "trains on this data, not how the backbones rank."
-        if r["mode"] == "quick"
-        else ""
-    )
-    weak = [x["backbone"] for x in pan if r["mode"] == "quick" and (x.get("mIoU") or 0) < 0.05]
-    if weak:
-        lines += [
-            "",
-            f"{', '.join(weak)} (panoptic, quick mode): the semantic head of this model still "
-            "labels almost every pixel a thing class (a check by hand, not in the JSON: the "
-            "100-step erfnet model predicts car / person / sign on 99 % of the val pixels, "
-            "which are 92 % stuff), so stuff PQ and mIoU are near 0: the center/offset loss's "
-            "semantic term is a bootstrapped CE over the hardest 20 % of pixels with small-"
-            "instance weights, and 100 steps do not reach the stuff classes. An undertrained "
-            "artefact, not a finding about the backbone.",
-        ]
-    lines += [
-        "",
-        f"Script: `{r['script']}` ({r['mode']} mode, {s['threads']} thread(s)"
-        + (", **incomplete run**" if not r.get("complete") else "")
-        + f"). Data: `make_samples('street', ...)`, {s['n_train']} training / {s['n_val']} val "
-        f"images of {s['size'][0]}x{s['size'][1]}, {s['crop'][0]}x{s['crop'][1]} crops, batch "
-        f"{s['batch_size']}, horizontal flips, seed {s['seed']}; the same data, seed, optimiser "
-        f"({optim}) and steps for every backbone (default parameters, from scratch). "
-        "Semantic table: heads `{semantic: 7}`, loss `semantic_ce`; mIoU over the 7 classes on "
-        "whole val images (IoU things: mean IoU of car, person, sign; the stuff classes are "
-        "easy on this data); images/s and peak MB: batch-1 inference (network + argmax), a fresh "
-        "process per backbone. Panoptic table: `configs/street_center_offset.yaml` with its "
-        "backbone replaced (erfnet is its own), PQ with stuff classes road, sidewalk, building, "
-        "sky, things car, person, sign. Resolved configs and per-class IoU in the JSON."
-        + converged,
-        "",
-    ]
-    return lines
+    return section(results)
 
 
 def section_dask(results: Path) -> list[str]:
@@ -357,9 +275,11 @@ def section_dask(results: Path) -> list[str]:
         "workers speed-up: "
         + (", ".join(f"{k} px {v}x" for k, v in speed.items()) or "not measured")
         + f"; load average {summary.get('load_average', '?')} on {summary.get('cpu_count', '?')} "
-        "shared cores (timings pessimistic).",
+        "cores.",
         "",
     ]
+    if summary.get("note"):
+        lines += [summary["note"], ""]
     return lines
 
 
@@ -397,36 +317,12 @@ def section_blockwise(results: Path) -> list[str]:
 
 
 def section_maskrcnn(results: Path) -> list[str]:
-    lines = ["## Proposal-based: Mask R-CNN vs semi-convolutional Mask R-CNN on BBBC010", ""]
-    runs = [
-        r for r in (load(results, "repro_maskrcnn"), load(results, "repro_maskrcnn_steps600")) if r
-    ]
-    if not runs:
-        return lines + ["not run: `python benchmarks/repro_maskrcnn.py --quick`", ""]
-    rows = [
-        [x["model"], x["steps"], x["AP"], x["AP50"], x["AP75"], x["AP_dsb@0.5"], x.get("train_s")]
-        for r in runs
-        for x in r["rows"]
-    ]
-    lines += table(["model", "steps", "AP", "AP50", "AP75", "AP_dsb@0.5", "train s"], rows)
-    speed = runs[0].get("speed_512") or {}
-    if speed:
-        lines += ["", "Speed at 512² (batch 1, one thread):", ""]
-        lines += table(
-            ["model", "params", "train step s", "inference images/s"],
-            [
-                [k, v["params"], v["train_step_s"], v["infer_images_per_s"]]
-                for k, v in speed.items()
-            ],
-        )
-    lines += [
-        "",
-        f"Script: `{runs[0]['script']}` (quick: 150 steps; the 600-step rows from the same script "
-        "with more steps). Trained from scratch on a CPU, one seed: far from converged; the "
-        "paper's finding (semi-conv helps, most at high IoU) does not reproduce at this budget.",
-        "",
-    ]
-    return lines
+    """benchmarks/repro_maskrcnn.py's section: rendered by benchmarks/collect_maskrcnn.py."""
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+    from collect_maskrcnn import section
+
+    return section(results)
 
 
 def section_recurrent(results: Path) -> list[str]:
@@ -461,25 +357,12 @@ def section_recurrent(results: Path) -> list[str]:
 
 
 def section_instance_fcn(results: Path) -> list[str]:
-    lines = ["## Instance-sensitive FCN vs spatial-centre ordering vs semi-conv embeddings", ""]
-    r = load(results, "repro_instance_fcn")
-    if r is None:
-        return lines + ["not run: `python benchmarks/repro_instance_fcn.py --quick`", ""]
-    rows = [
-        [data, method, m.get("AP_dsb@0.5"), m.get("AP"), m.get("AP50"), m.get("AP75")]
-        for data, methods in r["metrics"].items()
-        for method, m in methods.items()
-    ]
-    lines += table(["data", "method", "AP_dsb@0.5", "AP", "AP50", "AP75"], rows)
-    lines += [
-        "",
-        f"Script: `{r['script']}` ({r['mode']}); semi-conv clusters with k-means given the true "
-        "object count (the coloring-dilemma protocol), the other two get no count; "
-        "`ordering/components` re-scores every connected blob as an instance (a diagnostic, not "
-        "the method).",
-        "",
-    ]
-    return lines
+    """benchmarks/repro_instance_fcn.py's section: rendered by benchmarks/collect_backbones_fcn.py."""
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+    from collect_backbones_fcn import section_instance_fcn as section
+
+    return section(results)
 
 
 def section_leaves(results: Path) -> list[str]:

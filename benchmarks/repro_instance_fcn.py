@@ -1,16 +1,29 @@
 """Instance-sensitive FCN (Dai et al. 2016) vs spatial-centre ordering vs a semi-convolutional
-embedding (Novotny et al. 2018) at equal step budgets on synthetic touching cells and the
+embedding (Novotny et al. 2018) at equal training budgets on synthetic touching cells and the
 coloring-dilemma dot grid, and on BBBC039 nuclei (real images, when the shared data is there);
 AP_dsb@0.5 and COCO AP on test images no run trained on.
 
-    python benchmarks/repro_instance_fcn.py --quick     # 300 steps per run, 4 test images
-    python benchmarks/repro_instance_fcn.py             # 1500 steps per run, 8 test images
+    OMP_NUM_THREADS=1 python benchmarks/repro_instance_fcn.py --quick   # 300 steps per run
+    OMP_NUM_THREADS=1 python benchmarks/repro_instance_fcn.py           # full: CPU-s budgets
     python benchmarks/repro_instance_fcn.py --datasets bbbc039 --data ../shared/data
+
+Modes:
+
+* **quick**: 300 steps per run, 64 synthetic training images, 4 test images (64 x 64; BBBC039:
+  128 x 128 windows). CI-sized, far from converged.
+* **full** (default): every run trains for the same **CPU-second budget** within a data set
+  (``Trainer.fit(time_limit_s=..., cpu_time=True)``, one torch thread): 180 CPU s per run on
+  touching_cells and dot_grid, 420 CPU s on bbbc039 (128 x 128 crops cost ~5x a 48 x 48 crop per
+  step); ``--budget-cpu S`` gives every run S. Steps are capped at 1500, which is also the length
+  of the poly LR schedule, so a run stopped by its budget has not decayed its LR to 0; the
+  numbers are **not converged** (steps reached, CPU seconds and stop status are in the JSON).
+  256 synthetic training images (free to generate), 8 test images (96 x 96; BBBC039: 192 x 192
+  windows). All in, the three data sets x three methods take ~40 CPU-minutes.
 
 Every run goes through the engine's Trainer (the registered families, losses and
 post-processings, as ``instembed train`` runs them): the same U-Net backbone (depth 2, width
-16), the same data (64 x 64 synthetic images, 48 x 48 crops, batch 4, 64 training images), the
-same optimiser and number of steps; the scores are on test images of another seed through
+16), the same data (64 x 64 synthetic images, 48 x 48 crops, batch 4), the same optimiser and
+training budget; the scores are on test images of another seed through
 ``instembed.engine.evaluation.score``.
 
 * ``isfcn``: configs/touching_cells_isfcn.yaml's model (3 x 3 score maps, windows 15 / 21),
@@ -31,9 +44,10 @@ pixels and the semi-convolutional coordinate scale 1/32 there.
   foreground; k-means with the true number of objects (the coloring-dilemma protocol: an
   oracle count).
 
-Writes ``benchmarks/results/repro_instance_fcn.json`` and the figure
-``benchmarks/results/instance_fcn/ordering_dot_grid.png`` (ordered-slot predictions on a dot
-grid: where ordering fails).
+Writes ``benchmarks/results/repro_instance_fcn.json`` (quick; full:
+``repro_instance_fcn_full.json``) and the figure
+``benchmarks/results/instance_fcn/ordering_dot_grid.png`` (full: ``ordering_dot_grid_full.png``;
+ordered-slot predictions on a dot grid: where ordering fails).
 """
 
 from __future__ import annotations
@@ -43,6 +57,7 @@ import copy
 import json
 import logging
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -54,8 +69,15 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 MODES = {
-    "quick": {"steps": 300, "n_test": 4, "test_size": (64, 64)},
-    "full": {"steps": 1500, "n_test": 8, "test_size": (96, 96)},
+    "quick": {"steps": 300, "budget_cpu": None, "n_train": 64, "n_test": 4, "test_size": (64, 64)},
+    "full": {
+        "steps": 1500,  # cap and LR-schedule length
+        # CPU seconds of training per run, the same for the three methods of a data set
+        "budget_cpu": {"touching_cells": 180.0, "dot_grid": 180.0, "bbbc039": 420.0},
+        "n_train": 256,  # synthetic training images
+        "n_test": 8,
+        "test_size": (96, 96),
+    },
 }
 DATASETS = {
     "touching_cells": {"synth": "touching_cells", "synth_params": {}},
@@ -114,7 +136,14 @@ RESCORE = {
 KEYS = ("AP_dsb@0.5", "AP", "AP50", "AP75", "SBD")
 
 
-def config(method: str, dataset: str, steps: int, seed: int, data_root: Path | None = None) -> dict:
+def config(
+    method: str,
+    dataset: str,
+    steps: int,
+    seed: int,
+    data_root: Path | None = None,
+    n_train: int = 64,
+) -> dict:
     m = copy.deepcopy(METHODS[method])
     backbone = dict(BACKBONE)
     m["model"]["backbone"] = backbone.pop("backbone")
@@ -123,7 +152,7 @@ def config(method: str, dataset: str, steps: int, seed: int, data_root: Path | N
     m["model"]["params"].update(over.get(method, {}).get("model", {}))
     data = {
         **copy.deepcopy(DATASETS[dataset]),
-        "n_train": 64,
+        "n_train": n_train,
         "n_val": 2,
         "size": [64, 64],
         "crop": [48, 48],
@@ -251,13 +280,58 @@ def figure(sample, out, path: Path) -> None:
     plt.close(fig)
 
 
+def cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def budget_of(p: dict, dataset: str) -> float | None:
+    """CPU seconds of training per run on ``dataset`` (None: by steps)."""
+    b = p["budget_cpu"]
+    return b.get(dataset) if isinstance(b, dict) else b
+
+
+def train_one(cfg, budget: float | None):
+    """Train one run in a temporary folder; (model, record: steps, status ("stopped": by the
+    budget), train_s (wall) and cpu_s of ``fit`` -- what the budget counts --, setup_cpu_s of
+    building data set and model, lr_end)."""
+    from instembed.engine.trainer import Trainer
+
+    c_setup = time.process_time()
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(cfg, Path(tmp) / "run")
+        t0, c0 = time.perf_counter(), time.process_time()
+        result = trainer.fit(time_limit_s=budget, cpu_time=budget is not None)
+        train_s, cpu_s = time.perf_counter() - t0, time.process_time() - c0
+        lr_end = float(trainer.scheduler.get_last_lr()[0])
+        trainer.close()
+    rec = {
+        "steps": result.step,
+        "status": result.status,
+        "train_s": round(train_s, 1),
+        "cpu_s": round(cpu_s, 1),
+        "setup_cpu_s": round(c0 - c_setup, 1),
+        "lr_end": lr_end,
+    }
+    return trainer.model, rec
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="CI-sized run")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: fastest when busy)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=None, help="override the mode's step budget")
+    ap.add_argument("--steps", type=int, default=None, help="override the mode's step cap")
+    ap.add_argument(
+        "--budget-cpu", type=float, default=None, metavar="S",
+        help="train every run for S CPU seconds (full default: 180 synthetic, 420 bbbc039; "
+        "quick: by steps unless given)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--methods", nargs="*", default=None, choices=sorted(METHODS),
+        help="methods to run (default: all)",
+    )  # fmt: skip
     ap.add_argument(
         "--datasets", nargs="*", default=None, choices=sorted(DATASETS),
         help="data sets to run (default: all; bbbc039 only when DATA/bbbc039 exists)",
@@ -271,16 +345,23 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     from instembed.engine.config import ClusterConfig, config_from_dict
-    from instembed.engine.trainer import Trainer
 
     mode = "quick" if args.quick else "full"
     p = dict(MODES[mode])
     if args.steps is not None:
         p["steps"] = int(args.steps)
+    if args.budget_cpu is not None:
+        if args.budget_cpu <= 0:
+            ap.error(f"--budget-cpu must be > 0, got {args.budget_cpu}")
+        p["budget_cpu"] = float(args.budget_cpu)
+    methods = list(METHODS) if args.methods is None else [m for m in METHODS if m in args.methods]
     out = Path(args.out)
+    suffix = "_full" if mode == "full" else ""
     results: dict = {}
     seconds: dict = {}
+    runs: dict = {}
     configs: dict = {}
+    figures: list = []
     data_root = Path(
         args.data or os.environ.get("INSTEMBED_DATA") or REPO.parent / "shared" / "data"
     )
@@ -290,29 +371,21 @@ def main(argv: list[str] | None = None) -> int:
     for d in datasets:
         if "path" in DATASETS[d] and not (data_root / DATASETS[d]["path"]).is_dir():
             ap.error(f"--datasets {d}: {data_root / DATASETS[d]['path']} not found (see --data)")
-    t_all = time.perf_counter()
+    t_all, c_all, load_start = time.perf_counter(), cpu_seconds(), os.getloadavg()
     for dataset in datasets:
         test = test_samples(dataset, p, args.seed, data_root, mode)
-        results[dataset], seconds[dataset] = {}, {}
-        for method in METHODS:
-            d = config(method, dataset, p["steps"], args.seed, data_root)
+        results[dataset], seconds[dataset], runs[dataset] = {}, {}, {}
+        budget = budget_of(p, dataset)
+        for method in methods:
+            d = config(method, dataset, p["steps"], args.seed, data_root, p["n_train"])
             configs[f"{dataset}/{method}"] = d
             cfg = config_from_dict(d)
-            t0 = time.perf_counter()
-            with tempfile.TemporaryDirectory() as tmp:
-                trainer = Trainer(cfg, Path(tmp) / "run")
-                trainer.fit()
-                model = trainer.model
-            train_s = time.perf_counter() - t0
+            model, rec = train_one(cfg, budget)
             metrics, outs = evaluate(model, test, cfg.cluster)
             results[dataset][method] = metrics
-            seconds[dataset][method] = round(train_s, 1)
-            print(
-                json.dumps(
-                    {"dataset": dataset, "method": method, **metrics, "train_s": round(train_s, 1)}
-                ),
-                flush=True,
-            )
+            seconds[dataset][method] = rec["train_s"]
+            runs[dataset][method] = {**rec, "budget_cpu": budget}
+            print(json.dumps({"dataset": dataset, "method": method, **metrics, **rec}), flush=True)
             for name, (base, cc) in RESCORE.items():
                 if base == method:
                     cluster = ClusterConfig(**cc)
@@ -322,17 +395,37 @@ def main(argv: list[str] | None = None) -> int:
                         flush=True,
                     )
             if method == "ordering" and dataset == "dot_grid":
-                figure(test[0], outs[0], out / "instance_fcn" / "ordering_dot_grid.png")
+                fig = f"instance_fcn/ordering_dot_grid{suffix}.png"
+                figure(test[0], outs[0], out / fig)
+                figures.append(fig)
+    script = "benchmarks/repro_instance_fcn.py" + (" --quick" if args.quick else "")
+    for flag, value in (
+        ("--steps", args.steps),
+        ("--budget-cpu", args.budget_cpu),
+        ("--seed", args.seed or None),
+    ):
+        if value is not None:
+            script += f" {flag} {value:g}" if isinstance(value, float) else f" {flag} {value}"
+    if args.methods is not None:
+        script += " --methods " + " ".join(methods)
+    if args.datasets is not None:
+        script += " --datasets " + " ".join(datasets)
     result = {
         "benchmark": "instance_fcn",
-        "script": "benchmarks/repro_instance_fcn.py" + (" --quick" if args.quick else ""),
+        "script": script,
         "mode": mode,
         "protocol": {
             "steps": p["steps"],
+            "budget_cpu": p["budget_cpu"],
+            "budget_clock": "CPU seconds of the training process (time.process_time), checked "
+            "after every step; steps capped at 'steps', the LR schedule's length"
+            if p["budget_cpu"]
+            else None,
             "n_test": p["n_test"],
             "test_size": list(p["test_size"]),
             "test_seed": 1000 + args.seed,
-            "train": "64 synthetic 64x64 images, 48x48 crops, batch 4, flips/rot90 (engine defaults)",
+            "train": f"{p['n_train']} synthetic 64x64 images, 48x48 crops, batch 4, flips/rot90 "
+            "(engine defaults)",
             "train_bbbc039": "recorded bbbc039 train split, 128x128 crops, batch 4",
             "test_bbbc039": "first n_test images of the recorded val split, central window "
             + "x".join(map(str, DATASET_OVERRIDES["bbbc039"]["test_size"][mode])),
@@ -342,20 +435,28 @@ def main(argv: list[str] | None = None) -> int:
         },
         "metrics": results,
         "train_seconds": seconds,
-        "figures": ["instance_fcn/ordering_dot_grid.png"],
+        "runs": runs,
+        "figures": figures,
         "seconds": round(time.perf_counter() - t_all, 1),
+        "cpu_s_total": round(cpu_seconds() - c_all, 1),
+        "loadavg_start": [round(v, 2) for v in load_start],
+        "loadavg_end": [round(v, 2) for v in os.getloadavg()],
         "threads": torch.get_num_threads(),
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "repro_instance_fcn.json").write_text(json.dumps(result, indent=1) + "\n")
-    names = [*METHODS, *RESCORE]
-    print(f"\n{'dataset':16s} {'method':22s} {'AP_dsb@0.5':>10s} {'AP':>7s} {'AP50':>7s}")
+    out_file = out / f"repro_instance_fcn{suffix}.json"
+    out_file.write_text(json.dumps(result, indent=1) + "\n")
+    names = [n for n in [*METHODS, *RESCORE] if n in methods or RESCORE.get(n, ("",))[0] in methods]
+    print(f"\n{'dataset':16s} {'method':22s} {'AP_dsb@0.5':>10s} {'AP':>7s} {'AP50':>7s} steps")
     for dataset, per in results.items():
         for name in names:
             m = per[name]
+            steps = runs[dataset].get(name, {}).get("steps", "")
             print(
                 f"{dataset:16s} {name:22s} {m['AP_dsb@0.5']:10.3f} {m['AP']:7.3f} {m['AP50']:7.3f}"
+                f" {steps}"
             )
+    print(f"wrote {out_file} ({mode} mode; {result['cpu_s_total']:.0f} CPU s)")
     return 0
 
 
