@@ -42,13 +42,15 @@ def rss_mb(field: str = "VmRSS") -> float:
     return float("nan")
 
 
-def reset_hwm() -> None:
-    """Reset the high-water mark to the current RSS (Linux: write 5 to clear_refs)."""
+def reset_hwm() -> bool:
+    """Reset the high-water mark to the current RSS (Linux: write 5 to clear_refs); False where
+    the kernel does not allow it."""
     try:
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")
+        return True
     except OSError:
-        pass
+        return False
 
 
 def one_image():

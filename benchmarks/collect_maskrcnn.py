@@ -15,6 +15,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from collect_results import fmt as _fmt
+from collect_results import table as _table
+
 DATASETS = {
     "bbbc010": "BBBC010 worms (overlapping worms, scored against the per-worm mask stacks)",
     "bbbc039": "BBBC039 nuclei (label images)",
@@ -29,19 +32,6 @@ LABELS = {
 FINDING = "semi-conv helps Mask R-CNN, most at high IoU"
 LEGACY = ("repro_maskrcnn", "repro_maskrcnn_steps600")
 TIE = 0.01  # AP differences below this are read as ties
-
-
-def _fmt(v, digits: int = 3) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
-    return str(v)
-
-
-def _table(header: list[str], rows: list[list]) -> list[str]:
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return out + ["| " + " | ".join(_fmt(c) for c in r) + " |" for r in rows]
 
 
 def load_run(results: Path, dataset: str) -> dict | None:

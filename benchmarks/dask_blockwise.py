@@ -38,27 +38,12 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from blockwise_memory import reset_hwm, rss_mb  # noqa: E402  (one definition of both)
+
 HERE = Path(__file__).resolve().parent
 DATA = Path(os.environ.get("INSTEMBED_DATA", HERE.parents[1] / "shared" / "data"))
 MODEL = "bbbc039-nuclei"
-
-
-def rss_mb(field: str = "VmRSS") -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def reset_hwm() -> bool:
-    """Reset this process's high-water mark to its current RSS (Linux ``clear_refs``)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def one_image() -> np.ndarray:
