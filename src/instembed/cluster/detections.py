@@ -13,7 +13,10 @@ allowed), ``labels`` painted from them (the higher score wins an overlapping pix
 ``classes`` (when given) and ``boxes`` (the model's, else those of the thresholded masks).
 
 :func:`greedy_nms` is the suppression loop itself, on a precomputed IoU matrix: plain torch,
-small, and exact (the same result as the textbook loop over boxes, highest score first).
+small, and exact (the same result as the textbook loop over boxes, highest score first). The mask
+IoU matrix comes from the masks' pixels (:func:`mask_pixels`, :func:`pixel_iou`): only pixels
+that several masks share are visited, so the many pairs of detections that do not touch cost
+nothing; the values are :func:`mask_iou`'s (all pairs, whole-image masks), bit for bit.
 """
 
 from __future__ import annotations
@@ -38,6 +41,67 @@ def mask_iou(masks: Tensor, chunk_elements: int = 1 << 22) -> Tensor:
     area = inter.diagonal().clone()
     union = area[:, None] + area[None, :] - inter
     return torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(inter))
+
+
+def mask_pixels(masks: Tensor, select: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """The pixels of an (N, H, W) bool mask stack as two int64 CPU vectors ``(owner, pixel)``:
+    the mask index and the row-major ``y * W + x`` of every True pixel, by mask, then pixel.
+    ``select``: (N,) bool, the masks to list (default: all).
+
+    The stack is read once by a max over each row; only the rows that hold pixels are read
+    again, so the cost is that of one pass plus the masks' rows, not of one pass per pair.
+    """
+    n, h, w = masks.shape
+    if masks.numel() == 0:
+        empty = torch.zeros(0, dtype=torch.long)
+        return empty, empty
+    rows = masks.view(torch.uint8).amax(2).bool()  # (N, H): rows with a pixel of the mask
+    if select is not None:
+        rows &= select.to(rows.device)[:, None]
+    ni, yi = rows.nonzero(as_tuple=True)
+    r, x = masks[ni, yi].nonzero(as_tuple=True)  # only those rows
+    return ni[r].cpu(), (yi[r] * w + x).cpu()
+
+
+def pixel_iou(owner: Tensor, pixel: Tensor, n: int) -> Tensor:
+    """(n, n) float64 IoU of the masks given by their pixels (:func:`mask_pixels`; ``owner`` in
+    ``0 .. n - 1``, each (owner, pixel) at most once) -- the same values as :func:`mask_iou` of
+    the stack, bit for bit (both count exact integers and divide them the same way). Only the pixels shared by several masks are visited: a pixel
+    covered by c masks adds 1 to each of its c (c - 1) / 2 pairs, and a pair that shares no
+    pixel (every pair of disjoint boxes) keeps IoU 0 without being looked at."""
+    area = torch.bincount(owner, minlength=n).to(torch.float64)
+    order = torch.sort(pixel, stable=True).indices  # the masks of one pixel side by side
+    p, o = pixel[order], owner[order]
+    shared = torch.zeros(p.shape[0], dtype=torch.bool)
+    if p.shape[0] > 1:
+        dup = p[1:] == p[:-1]
+        shared[1:] |= dup
+        shared[:-1] |= dup
+    p, o = p[shared], o[shared]
+    keys = []
+    d = 1  # entries d apart with the same pixel: pairs of that pixel's masks (one per pair)
+    while d < p.shape[0]:
+        same = p[d:] == p[:-d]
+        if not bool(same.any()):
+            break  # no pixel is covered by more than d masks
+        keys.append(o[:-d][same] * n + o[d:][same])
+        d += 1
+    counts = torch.bincount(torch.cat(keys), minlength=n * n) if keys else None
+    inter = torch.zeros(n, n, dtype=torch.float64)
+    if counts is not None:
+        once = counts.view(n, n).to(torch.float64)  # each pair's pixel once, as (a, b) or (b, a)
+        inter += once + once.t()
+    inter.diagonal().copy_(area)
+    union = area[:, None] + area[None, :] - inter
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(inter))
+
+
+def sparse_mask_iou(masks: Tensor) -> Tensor:
+    """:func:`mask_iou` -- the same (N, N) float64 values, bit for bit, on the CPU -- from the
+    masks' pixels (:func:`mask_pixels`, :func:`pixel_iou`): the cost grows with the mask pixels
+    and the pixels shared by several masks instead of N * N * H * W."""
+    owner, pixel = mask_pixels(masks)
+    return pixel_iou(owner, pixel, int(masks.shape[0]))
 
 
 def box_iou(boxes: Tensor) -> Tensor:
@@ -127,12 +191,20 @@ def filter_detections(
     masks = _bool_masks(inst, mask_thresh)
     dev = masks.device
     ok = inst.scores >= score_thresh
-    if min_size > 0:
-        ok &= masks.flatten(1).sum(1) >= min_size
-    cand = ok.nonzero().squeeze(1)
-    if inst.masks is not None:
-        iou = mask_iou(masks.index_select(0, cand))
+    if inst.masks is not None:  # mask IoU from the pixels of the masks that pass the score
+        n = int(masks.shape[0])
+        owner, pixel = mask_pixels(masks, select=ok)
+        if min_size > 0:
+            ok &= (torch.bincount(owner, minlength=n) >= min_size).to(dev)
+        cand = ok.nonzero().squeeze(1)
+        ok_cpu = ok.cpu()
+        on = ok_cpu[owner]
+        new_id = torch.cumsum(ok_cpu, 0) - 1  # index among the candidates (order kept)
+        iou = pixel_iou(new_id[owner[on]], pixel[on], int(cand.shape[0]))
     else:
+        if min_size > 0:
+            ok &= masks.flatten(1).sum(1) >= min_size
+        cand = ok.nonzero().squeeze(1)
         iou = box_iou(inst.get_boxes().index_select(0, cand))
     classes = None if inst.classes is None else inst.classes.index_select(0, cand)
     kept = greedy_nms(iou, inst.scores.index_select(0, cand), float(nms_iou), classes)
