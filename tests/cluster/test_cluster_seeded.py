@@ -222,3 +222,90 @@ def test_overlap_thresh_needs_seeded():
         assert "overlap_thresh" in str(err) and "seeded" in str(err)
     else:
         raise AssertionError("overlap_thresh with method 'threshold' did not raise")
+
+
+def _scattered_scene():
+    """A 16-pixel object A (embedding (0, 0), seed 0.95 at its centre, 0.92 elsewhere), one
+    stray pixel with A's embedding far from it (seed 0.6: foreground, never a seed), and an
+    "object" B of three isolated pixels with embedding (10, 10) (seeds 0.93, 0.91, 0.91), the
+    kind of instance a noisy field gives. sigma std 1, fg_thresh 0.5, seed_thresh 0.9."""
+    h, w = 6, 12
+    emb = torch.zeros(2, h, w)
+    seed = torch.zeros(h, w)
+    seed[1:5, 1:5] = 0.92
+    seed[2, 2] = 0.95
+    seed[1, 10] = 0.6  # the stray pixel of A
+    for (y, x), s in (((4, 7), 0.93), ((4, 9), 0.91), ((2, 8), 0.91)):  # no two 8-adjacent
+        seed[y, x] = s
+        emb[:, y, x] = 10.0
+    return Outputs(embedding=emb[None], seed=seed[None, None], sigma=torch.ones(1, 1, h, w))
+
+
+def test_connected_keeps_the_main_piece_and_min_size_drops_scattered_instances():
+    out = _scattered_scene()
+    kw = dict(fg_thresh=0.5, seed_thresh=0.9, min_size=2, sigma_mode="std")
+    # without connected (the default): A's seed proposes its 16 pixels and the stray one (17 > 2,
+    # all new); then B's seed its 3 pixels (3 > 2): 2 instances, B of 3 scattered pixels
+    plain = cluster_embeddings(out, "seeded", **kw)
+    assert plain.num_instances == 2 and torch.allclose(plain.scores, torch.tensor([0.95, 0.93]))
+    assert plain.labels[1, 10] == 1 and int((plain.labels == 1).sum()) == 17
+    assert int((plain.labels == 2).sum()) == 3
+    # connected: A loses the stray pixel (its own piece of foreground); B's pixels are three
+    # 1-pixel pieces, B keeps one, below min_size 2: dropped
+    conn = cluster_embeddings(out, "seeded", connected=True, **kw)
+    assert conn.num_instances == 1 and torch.allclose(conn.scores, torch.tensor([0.95]))
+    expected = torch.zeros(6, 12, dtype=torch.long)
+    expected[1:5, 1:5] = 1
+    assert torch.equal(conn.labels, expected)
+    # the clusterer alone (before min_size): B is its first piece in raster order, (2, 8)
+    labels, _, _ = seeded_cluster(
+        out.embedding[0], out.seed[0, 0], out.sigma[0], None, 0.5, 0.9, 2, connected=True
+    )
+    assert labels[2, 8] == 2 and int((labels == 2).sum()) == 1 and labels[1, 10] == 0
+
+
+def test_a_seed_inside_a_claimed_instance_starts_no_second_instance():
+    # one object with two seed peaks; the second peak's embedding is 0.5 from the first's:
+    # Gaussian kernel exp(-0.5^2 / 2) = 0.88 > prob_thresh 0.5, so the first seed's proposal
+    # claims it and it can never seed (SpatialEmbeddings' masking of clustered pixels)
+    h, w = 5, 5
+    emb = torch.zeros(2, h, w)
+    emb[0, 3, 3] = 0.5
+    seed = torch.full((h, w), 0.9)
+    seed[1, 1], seed[3, 3] = 0.99, 0.98
+    labels, scores, _ = seeded_cluster(emb, seed, torch.ones(1, h, w), None, 0.5, 0.85, 2)
+    assert scores.tolist() == [0.9900000095367432] and int(labels.max()) == 1
+    assert bool((labels == 1).all())
+
+
+def test_connected_from_the_config_the_cluster_option_and_the_export():
+    from instembed.commands.predict import apply_cluster_overrides
+    from instembed.engine.config import ClusterConfig, ConfigError, check_cluster
+    from instembed.engine.export import postprocessing_wrapper
+
+    base = ClusterConfig("seeded", {"seed_thresh": 0.9, "min_size": 2})
+    cc = check_cluster(apply_cluster_overrides(base, ["connected=true"]), key="--cluster")
+    assert cc.params["connected"] is True
+    try:
+        check_cluster(apply_cluster_overrides(base, ["connected=[1]"]), key="--cluster")
+    except ConfigError as err:
+        assert "connected" in str(err)
+    else:
+        raise AssertionError("connected=[1] was accepted")
+    out = _scattered_scene()
+
+    class Maps(torch.nn.Module):  # a stand-in network returning the scene's maps
+        def __init__(self):
+            super().__init__()
+            self.embedding, self.sigma, self.seed = out.embedding, out.sigma, out.seed
+
+        def forward(self, x):
+            return self.embedding, self.sigma, self.seed
+
+    params = {"fg_thresh": 0.5, "seed_thresh": 0.9, "min_size": 2, "connected": True}
+    net = torch.jit.script(Maps())
+    ts = postprocessing_wrapper(net, ["embedding", "sigma", "seed"], 1, "seeded", params)
+    labels, scores = torch.jit.script(ts).segment(torch.zeros(1, 1, 6, 12))
+    ref = cluster_embeddings(out, "seeded", **params)
+    assert ref.num_instances == 1 and torch.equal(labels, ref.labels)
+    assert torch.allclose(scores, ref.scores)

@@ -83,6 +83,34 @@ def test_default_grids_and_errors():
         tune_thresholds([out], [sample], cc, grid={"seed_thresh": [0.6]}, metric="nope")
 
 
+def test_default_seeded_grid_rejects_a_seed_just_below_the_objects():
+    """Objects A and B have seed peaks 0.95; a spurious region C (no ground truth) 0.86, as the
+    shipped models' false positives have. Any seed threshold up to 0.85 keeps C: TP 2, FP 1,
+    FN 0, AP_dsb = 2 / 3; the default grid reaches 0.875 and 0.9, which drop it (AP_dsb 1)."""
+    h, w = 16, 20
+    gt = np.zeros((h, w), np.int32)
+    gt[2:8, 2:8] = 1
+    gt[9:15, 11:17] = 2
+    emb = torch.zeros(2, h, w)
+    seed = torch.zeros(h, w)
+    seed[torch.from_numpy(gt > 0)] = 0.95
+    emb[0][torch.from_numpy(gt == 2)] = 4.0
+    seed[10:14, 2:6] = 0.86  # C
+    emb[1, 10:14, 2:6] = 4.0
+    out = Outputs(embedding=emb[None], seed=seed[None, None], sigma=torch.ones(1, 1, h, w))
+    sample = Sample(image=np.zeros((1, h, w), np.float32), instances=gt)
+    grid = default_grid("seeded", [sample])
+    assert max(grid["seed_thresh"]) >= 0.875
+    res = tune_thresholds([out], [sample], ClusterConfig("seeded", {"min_size": 4}))
+    by_seed: dict[float, set] = {}
+    for r in res.rows:
+        by_seed.setdefault(r["params"]["seed_thresh"], set()).add(round(r["AP_dsb@0.5"], 6))
+    for t, aps in by_seed.items():
+        assert aps == ({1.0} if t > 0.86 else {round(2 / 3, 6)}), t
+    assert res.params["seed_thresh"] > 0.86 and res.metrics["AP_dsb@0.5"] == 1.0
+    assert (res.metrics["TP@0.5"], res.metrics["FP@0.5"], res.metrics["FN@0.5"]) == (2, 0, 0)
+
+
 def test_tune_cli_writes_a_checkpoint_with_the_chosen_thresholds(shared_data, tmp_path, capsys):
     """The shipped nuclei model on the StarDist example image, tuned between two seed
     thresholds; the written checkpoint predicts with the better one."""

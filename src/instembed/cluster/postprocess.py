@@ -89,6 +89,85 @@ def remove_small_instances(labels: Tensor, min_size: int) -> Tensor:
     return torch.where(small[labels], torch.zeros_like(labels), labels)
 
 
+def piece_ids(labels: Tensor) -> Tensor:
+    """The 8-connected pieces of each instance of a label image: (H, W) int64, 0 on the
+    background, else the raster index + 1 of the first pixel (in raster order) of the pixel's
+    piece. Two pixels share an id iff they have the same label and an 8-connected path of that
+    label joins them.
+
+    Scriptable, torch only, on the foreground pixels: the pairs of same-label neighbours are the
+    edges of a graph whose components are found by min-label hooking with full pointer jumping
+    (Shiloach & Vishkin 1982): each pixel points to a pixel of its piece with a smaller index;
+    every edge hooks the target of one end onto the target of the other (the smaller wins), then
+    every pointer jumps to its target's target until none moves; repeated until no edge joins two
+    targets.
+    """
+    h, w = labels.shape[0], labels.shape[1]
+    lab = labels.to(torch.long)
+    flat = lab.reshape(-1)
+    out = torch.zeros(h * w, dtype=torch.long, device=labels.device)
+    pix = (flat > 0).nonzero().squeeze(1)  # (M,) raster indices of the foreground
+    m = pix.numel()
+    if m == 0:
+        return out.reshape(h, w)
+    ordinal = torch.full((h * w,), -1, dtype=torch.long, device=labels.device)
+    ordinal[pix] = torch.arange(m, dtype=torch.long, device=labels.device)
+    ordinal = ordinal.reshape(h, w)
+    us: list[Tensor] = []
+    vs: list[Tensor] = []
+    # 4 of the 8 neighbours (right, down, down-right, down-left): each pair once
+    for dy, dx in [(0, 1), (1, 0), (1, 1), (1, -1)]:
+        x0, x1 = max(0, -dx), w - max(0, dx)
+        a, b = ordinal[0 : h - dy, x0:x1], ordinal[dy:h, x0 + dx : x1 + dx]
+        ok = (a >= 0) & (lab[0 : h - dy, x0:x1] == lab[dy:h, x0 + dx : x1 + dx])
+        us.append(a[ok])
+        vs.append(b[ok])
+    u, v = torch.cat(us), torch.cat(vs)
+    parent = torch.arange(m, dtype=torch.long, device=labels.device)
+    changed = True
+    while changed:
+        pu, pv = parent.index_select(0, u), parent.index_select(0, v)
+        before = parent.clone()
+        parent = parent.scatter_reduce(0, pu, pv, "amin", include_self=True)
+        parent = parent.scatter_reduce(0, pv, pu, "amin", include_self=True)
+        jumping = True
+        while jumping:
+            nxt = parent.index_select(0, parent)
+            jumping = not torch.equal(nxt, parent)
+            parent = nxt
+        changed = not torch.equal(parent, before)
+    out[pix] = pix.index_select(0, parent) + 1
+    return out.reshape(h, w)
+
+
+def main_pieces(labels: Tensor) -> Tensor:
+    """Each instance of a label image reduced to its pixels in its main piece of foreground:
+    the 8-connected component of the foreground (all instances together) that holds most of
+    its pixels; its pixels elsewhere become background (ids are kept, an instance is never
+    emptied). Pieces of one instance joined through other instances' pixels (an object
+    crossed or occluded by another) stay together. Of two main pieces of equal size, the one
+    whose first pixel comes first in raster order stays. Scriptable.
+
+    Args:
+        labels: (H, W) int, 0 = background.
+    """
+    if labels.numel() == 0:
+        return labels
+    lab = labels.to(torch.long)
+    flat = lab.reshape(-1)
+    comp = piece_ids((lab > 0).to(torch.long)).reshape(-1)
+    n = comp.numel()
+    _, inverse, counts = torch.unique(
+        flat * (n + 1) + comp, sorted=True, return_inverse=True, return_counts=True
+    )
+    size = counts.index_select(0, inverse)  # pixels of the instance in the pixel's component
+    key = size * (n + 1) + (n + 1 - comp)  # the largest share first, ties: the earlier piece
+    best = torch.zeros(int(flat.max().item()) + 1, dtype=torch.long, device=labels.device)
+    best = best.scatter_reduce(0, flat, key, "amax", include_self=True)
+    keep = (key == best.index_select(0, flat)) & (flat > 0)
+    return torch.where(keep, flat, torch.zeros_like(flat)).reshape(labels.shape).to(labels.dtype)
+
+
 def fill_holes(labels: Tensor) -> Tensor:
     """Fill background regions enclosed by a single instance with that instance.
 

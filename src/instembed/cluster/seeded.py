@@ -14,7 +14,18 @@ Seeds are visited in descending seed score among foreground pixels that are not 
   ``new_fraction`` of them are still unclustered ("mostly new pixels"); either way its pixels
   (and the seed) leave the pool of unclustered pixels (the seed itself counts as a new pixel;
   SpatialEmbeddings removes it before counting, which rejects every one-pixel instance);
-* the instance's score is its seed score.
+* the instance's score is its seed score;
+* with ``connected`` each instance then keeps only its pixels in its main piece of foreground
+  (the 8-connected component of the foreground holding most of its pixels,
+  :func:`instembed.cluster.postprocess.main_pieces`; pieces joined through another instance,
+  as a worm crossed by another, stay), the rest becomes background.
+
+The kernel groups pixels by embedding only, so nothing above makes an instance spatially
+coherent: on a noisy, empty field or a dim object the pixels that vote for one centre can lie
+scattered over the image (dozens of pieces of a few pixels each). ``connected`` removes those
+pieces (``min_size`` then drops what is left of an instance that was only scattered pixels);
+SpatialEmbeddings has no such step. Default off (the behaviour before the option existed).
+Overlapping masks (``overlap_thresh``, :func:`overlap_masks`) start from the cleaned labels.
 
 ``sigma_mode`` says how the sigma map turns into the scale of q2 (default ``"std"``, the convention of
 ``instembed.models``: the ``sigma`` head outputs sigma itself, > 0, in embedding units):
@@ -42,6 +53,7 @@ import torch
 from torch import Tensor
 
 from instembed.cluster.assign import assign_labels
+from instembed.cluster.postprocess import main_pieces
 from instembed.cluster.sampling import grid_sample, grid_step
 from instembed.cluster.threads import one_intra_op_thread
 
@@ -92,6 +104,7 @@ def seeded_cluster(
     sigma_mode: str = "std",
     max_points: int = 16384,
     stride: int = 4,
+    connected: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Seeded clustering of one image (see the module docstring).
 
@@ -110,6 +123,8 @@ def seeded_cluster(
         sigma_mode: "neven", "std" or "scale".
         max_points: size of the grid sample of the seed loop.
         stride: grid step of the final assignment (speed only).
+        connected: keep only each instance's pixels in its main 8-connected piece of
+            foreground (:func:`instembed.cluster.postprocess.main_pieces`).
 
     Returns:
         labels (H, W) int64 (0 = background, 1..K in order of decreasing seed score),
@@ -130,6 +145,7 @@ def seeded_cluster(
             sigma_mode,
             max_points,
             stride,
+            connected,
         )
     with one_intra_op_thread():  # see instembed.cluster.threads
         return _seeded_cluster(
@@ -146,6 +162,7 @@ def seeded_cluster(
             sigma_mode,
             max_points,
             stride,
+            connected,
         )
 
 
@@ -163,6 +180,7 @@ def _seeded_cluster(
     sigma_mode: str,
     max_points: int,
     stride: int,
+    connected: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     e, h, w = embedding.shape
     seed2 = seed.reshape(h, w).to(embedding.dtype)
@@ -223,6 +241,8 @@ def _seeded_cluster(
     sc = torch.stack(scales)  # (K, S)
     # nearest centre in its own scaled metric; pixels outside that centre's kernel -> 0
     labels = assign_labels(embedding, fg, cen, sc, stride, q2_max)
+    if connected:
+        labels = main_pieces(labels)
     return labels, torch.tensor(scores, dtype=embedding.dtype, device=embedding.device), cen
 
 

@@ -238,6 +238,7 @@ class SeededExport(ScriptedNet):
         self.sigma_mode = str(p.own("sigma_mode"))
         self.max_points = int(p.own("max_points"))
         self.stride = int(p.own("stride"))
+        self.connected = bool(p.own("connected"))
         self.score = p.score
         self.use_classes = p.foreground_classes is not None
         self.foreground_classes = _class_tensor(p.foreground_classes)
@@ -275,6 +276,7 @@ class SeededExport(ScriptedNet):
             self.sigma_mode,
             self.max_points,
             self.stride,
+            self.connected,
         )
         labels, scores, centers = finish_partition(
             labels, centers, seed_scores, self.min_size, self.score, seed_map
