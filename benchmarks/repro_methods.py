@@ -51,9 +51,11 @@ REPO = Path(__file__).resolve().parents[1]
 BASE = {"bbbc039": "bbbc039-nuclei", "dsb2018": "dsb2018-nuclei", "bbbc010": "bbbc010-worms"}
 
 # per-method sections (model heads, loss, clusterer); "eval_only" methods re-cluster another
-# method's trained model
+# method's trained model. A method's ``model.params`` are merged into the base's (the embedding
+# family's ``heads`` / ``semiconv`` live there, beside the backbone's depth and width); every
+# other key replaces the base's value.
 DISC = {
-    "model": {"heads": {"embedding": 8, "semantic": 2}, "semiconv": False},
+    "model": {"params": {"heads": {"embedding": 8, "semantic": 2}, "semiconv": False}},
     "loss": {
         "name": "discriminative",
         "params": {"delta_v": 0.5, "delta_d": 1.5},
@@ -71,7 +73,7 @@ METHODS = {
         },
     },
     "semiconv+meanshift": {
-        "model": {"heads": {"embedding": 8, "semantic": 2}, "semiconv": True},
+        "model": {"params": {"heads": {"embedding": 8, "semantic": 2}, "semiconv": True}},
         "loss": {
             "name": "semiconv",
             "params": {"repulsive_weight": 1.0, "margin": 1.0},
@@ -83,7 +85,9 @@ METHODS = {
     "spatial+seeded": {"shipped_cluster": True},
     "center_offset": {
         "data": {"targets": ["center_offset"]},
-        "model": {"heads": {"center": 1, "offset": 2, "semantic": 2}, "semiconv": False},
+        "model": {
+            "params": {"heads": {"center": 1, "offset": 2, "semantic": 2}, "semiconv": False}
+        },
         "loss": {"name": "center_offset", "params": {"w_center": 200.0, "w_offset": 0.01}},
         "cluster": {
             "method": "center_offset",
@@ -116,7 +120,11 @@ def method_config(base: dict, method: str, steps: int, dataset: str | None = Non
     spec = METHODS[method]
     for section in ("data", "model", "loss", "cluster"):
         for key, value in spec.get(section, {}).items():
-            cfg.setdefault(section, {})[key] = copy.deepcopy(value)
+            if section == "model" and key == "params":
+                params = cfg.setdefault("model", {}).get("params") or {}
+                cfg["model"]["params"] = {**params, **copy.deepcopy(value)}
+            else:
+                cfg.setdefault(section, {})[key] = copy.deepcopy(value)
     if dataset in SEMANTIC_WEIGHTS:
         for extra in cfg["loss"].get("extra", []):
             if extra["name"] == "semantic_ce":
@@ -129,9 +137,35 @@ def method_config(base: dict, method: str, steps: int, dataset: str | None = Non
     return cfg
 
 
-def main(argv: list[str] | None = None) -> int:
+def base_config(dataset: str) -> dict:
+    """``configs/pretrained/<dataset model>.yaml`` reading the data set from the shared data
+    folder, validated on every val image."""
     import yaml
 
+    base = yaml.safe_load((REPO / "configs" / "pretrained" / f"{BASE[dataset]}.yaml").read_text())
+    base["data"]["path"] = str(data_root() / dataset)
+    base["run"]["max_val_images"] = None
+    return base
+
+
+def run_config(base: dict, method: str, steps: int, dataset: str) -> dict:
+    """The config (plain dict) ``main`` runs ``method`` with: the owner's run config
+    (:func:`method_config`) with the clusterer of an ``eval_only`` method or, for
+    ``shipped_cluster``, the shipped model card's clusterer."""
+    spec = METHODS[method]
+    cfg = method_config(base, spec.get("eval_only", method), steps, dataset)
+    if "eval_only" in spec:
+        cfg["cluster"] = copy.deepcopy(spec["cluster"])
+        cfg["cluster"]["params"].setdefault(
+            "min_size", base["cluster"]["params"].get("min_size", 0)
+        )
+    card = REPO / "src" / "instembed" / "pretrained" / f"{BASE[dataset]}.json"
+    if spec.get("shipped_cluster") and card.is_file():
+        cfg["cluster"] = json.loads(card.read_text())["config"]["cluster"]
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
     from instembed.engine.config import config_from_dict
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -159,9 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = args.steps or steps
     n_val = args.n_val or n_val
     base_path = REPO / "configs" / "pretrained" / f"{BASE[dataset]}.yaml"
-    base = yaml.safe_load(base_path.read_text())
-    base["data"]["path"] = str(data_root() / dataset)
-    base["run"]["max_val_images"] = None
+    base = base_config(dataset)
     train_samples = val_samples = None
     models: dict[str, tuple] = {}
     rows = []
@@ -169,16 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     for method in args.methods or TASKS[args.task]:
         spec = METHODS[method]
         owner = spec.get("eval_only", method)
-        cfg_dict = method_config(base, owner, steps, dataset)
-        if "eval_only" in spec:
-            cfg_dict["cluster"] = copy.deepcopy(spec["cluster"])
-            cfg_dict["cluster"]["params"].setdefault(
-                "min_size", base["cluster"]["params"].get("min_size", 0)
-            )
-        card = REPO / "src" / "instembed" / "pretrained" / f"{BASE[dataset]}.json"
-        if spec.get("shipped_cluster") and card.is_file():
-            cfg_dict["cluster"] = json.loads(card.read_text())["config"]["cluster"]
-        cfg = config_from_dict(cfg_dict)
+        cfg = config_from_dict(run_config(base, method, steps, dataset))
         if train_samples is None:
             train_samples, val_samples = load_split(cfg, dataset)
             if n_val is not None:
