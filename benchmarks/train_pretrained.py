@@ -48,6 +48,9 @@ from instembed.engine.evaluation import evaluate_outputs
 from instembed.engine.trainer import Trainer
 from instembed.engine.tune import METRICS, tune_thresholds
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from model_cards import history_with, write_card  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 PRETRAINED = REPO / "src" / "instembed" / "pretrained"
 log = logging.getLogger("train_pretrained")
@@ -104,153 +107,6 @@ def metrics_by_group(outputs, samples, cluster, group_of) -> dict[str, dict]:
         m = evaluate_outputs([outputs[i] for i in idx], [samples[i] for i in idx], cluster)
         out[name] = {"n_images": len(idx), **{k: m.get(k) for k in METRICS}}
     return out
-
-
-CARD_DATA = {
-    "bbbc039": (
-        "BBBC039 v1 (Caicedo et al. 2019), U2OS nuclei, Hoechst fluorescence, 520 x 696, 16-bit; "
-        "CC0. Shared copy: 150 of the 200 images (the other 50 are a held-out test split)."
-    ),
-    "dsb2018": (
-        "DSB2018 / BBBC038 stage1_train (Caicedo et al. 2019), nuclei across looks (dark "
-        "fluorescence, bright-field, H&E-like colour), 256 x 256 to 1040 x 1388; CC0. Shared "
-        "copy: 173 of the 664 images (100 others are a held-out test split)."
-    ),
-    "bbbc010": (
-        "BBBC010 v1 (Ljosa et al. 2012; per-worm masks of Wahlby et al. 2012), C. elegans "
-        "bright-field (channel w2), 520 x 696, 16-bit; one binary mask per worm, worms overlap. "
-        "Shared copy: 50 of the 97 wells with images (the other 47 are a held-out test split). "
-        "License not verified here (see the data's SOURCE.md)."
-    ),
-}
-
-
-def write_card(name: str) -> Path:
-    """Write ``pretrained/<name>.md`` (the model card) from ``pretrained/<name>.json``."""
-    info = json.loads((PRETRAINED / f"{name}.json").read_text())
-    cfg = info["config"]
-    m = info["val_metrics"]
-    split = info["split"]
-    model = cfg["model"]
-    n_params = info.get("n_params")
-    if n_params is None:  # count the learned tensors of the shipped state dict
-        state = ck.load_checkpoint(PRETRAINED / f"{name}.pt")["model"]
-        n_params = sum(
-            v.numel()
-            for k, v in state.items()
-            if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
-        )
-    overlap = info["cluster"]["params"].get("overlap_thresh") is not None
-    written = (
-        "`<stem>.tif` (N, H, W) mask stacks, one mask per object, masks may overlap"
-        if overlap
-        else "`<stem>.tif` label images"
-    )
-    norm = {
-        "percentile": "input normalised with 1/99.8 percentiles",
-        "percentile_darkbg": "input normalised with 1/99.8 percentiles, then inverted when its "
-        "background is bright (bright-field, H&E) so that nuclei are bright",
-    }[cfg["data"]["reader_params"].get("normalize", "percentile")]
-    lines = [
-        f"# {name}",
-        "",
-        f"Use: `instembed predict --model {name} IMAGES... --out DIR` (writes {written}; "
-        f"{norm}, colour averaged to gray).",
-        "",
-        "## Data and split",
-        "",
-        CARD_DATA[info["dataset"]],
-        "",
-        f"Split: `instembed.data.splits` (sorted ids, `numpy.random.default_rng({split['seed']})` "
-        f"permutation, {int(split['val_fraction'] * 100)} % validation): "
-        f"{split['n_train']} train / {split['n_val']} val images. The model, its recipe and the "
-        "clustering thresholds were chosen on the val images only; the held-out test images "
-        "were never seen.",
-        "",
-        "## Recipe",
-        "",
-        f"- network: `{model['name']}` {model['params']}, heads {model['heads']}, "
-        f"semi-convolutional (coord_scale {model['coord_scale']})"
-        + (f", {n_params:,} parameters" if n_params else ""),
-        f"- loss: `{cfg['loss']['name']}` {cfg['loss']['params']} (spatial embeddings, Neven et "
-        "al. 2019: learnable bandwidth, Lovasz hinge, seed regression)",
-        f"- data: crops/augmentation {cfg['data']['augment']}, flips + rot90, batch "
-        f"{cfg['data']['batch_size']}, reader {cfg['data']['reader_params']}",
-        f"- optimiser: {cfg['optim']['optimizer']} lr {cfg['optim']['lr']}, "
-        f"{cfg['optim']['schedule']} schedule, {cfg['run']['steps']} steps planned, "
-        f"{info['steps']} done; checkpoint of step {info['best_step']} kept (of the in-training "
-        f"best by {cfg['run']['best_metric']} on "
-        f"{min(cfg['run']['max_val_images'] or split['n_val'], split['n_val'])} val images and the "
-        "last checkpoint, the one with the higher val AP_dsb@0.5 after threshold tuning)",
-        f"- clustering: `{info['cluster']['method']}` {info['cluster']['params']} (thresholds "
-        "picked by AP_dsb@0.5 on the val split)",
-        f"- training time: {info['train_seconds'] / 60:.1f} min on {info['machine']} "
-        "(2 shared CPU cores, no GPU; other jobs were running)",
-        *(
-            [
-                f"- warm start: from the weights of the earlier `{info['init']['model']}` "
-                f"({info['init']['steps']} steps, {info['init']['train_seconds'] / 60:.1f} min, "
-                "included in the training time above); fresh optimiser and schedule"
-            ]
-            if info.get("init")
-            else []
-        ),
-        *([f"- note: {info['note']}"] if info.get("note") else []),
-        "",
-        "## Validation metrics (val split, whole images)",
-        "",
-        "| AP_dsb@0.5 | COCO AP | AP50 | AP75 | SBD | abs DiC | PQ |",
-        "|---|---|---|---|---|---|---|",
-        "| "
-        + " | ".join(
-            f"{m[k]:.3f}" if k != "absDiC" else f"{m[k]:.2f}"
-            for k in ("AP_dsb@0.5", "AP", "AP50", "AP75", "SBD", "absDiC", "PQ")
-        )
-        + " |",
-        "",
-        *look_table(info.get("val_by_look")),
-        "AP_dsb@0.5 = TP / (TP + FP + FN) at IoU 0.5 with one-to-one matching, averaged over the "
-        "val images; COCO AP / AP50 / AP75 follow pycocotools, including its limit of 100 detections "
-        "per image (BBBC039 and DSB2018 images with more nuclei cap its recall); SBD and |DiC| as "
-        "in the CVPPP protocol; BBBC010 is scored against the overlapping per-worm masks.",
-        "",
-        "Literature reference points (other splits, other test sets; not comparable one to one): "
-        "EmbedSeg reports AP_dsb@0.5 = 0.966 on BBBC010 (50/50 split) and 0.887 on DSB2018.",
-        "",
-        (
-            f"Reproduce: the training stages and their commands are in the header of "
-            f"`configs/pretrained/{name}.yaml`."
-            if info.get("init")
-            else f"Reproduce: `python benchmarks/train_pretrained.py configs/pretrained/{name}.yaml "
-            f"--name {name} --dataset {info['dataset']} --out runs/{name} --threads 1 --ship`"
-        ),
-        "",
-        f"sha256 of `{name}.pt`: `{info['sha256']}`",
-        "",
-    ]
-    path = PRETRAINED / f"{name}.md"
-    path.write_text("\n".join(lines))
-    return path
-
-
-def look_table(by_look: dict | None) -> list[str]:
-    """Model-card lines: the val metrics per image look (DSB2018), or nothing."""
-    if not by_look:
-        return []
-    keys = ("AP_dsb@0.5", "AP", "SBD", "absDiC")
-    lines = [
-        "Per look (val images of each look):",
-        "",
-        "| look | images | AP_dsb@0.5 | COCO AP | SBD | abs DiC |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, m in by_look.items():
-        lines.append(
-            f"| {name} | {m['n_images']} | "
-            + " | ".join(f"{m[k]:.3f}" if k != "absDiC" else f"{m[k]:.2f}" for k in keys)
-            + " |"
-        )
-    return lines + [""]
 
 
 def load_split(cfg, dataset: str) -> tuple[list, list]:
@@ -351,6 +207,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ship", action="store_true", help="write src/instembed/pretrained/<name>.*")
     ap.add_argument("--note", default=None, help="a line for the model card (how it was trained)")
     ap.add_argument(
+        "--change",
+        default=None,
+        help="what this version changed (a row of the card's history table; default: --note)",
+    )
+    ap.add_argument(
         "--resume", action="store_true", help="continue the run in --out (e.g. -o run.steps=N)"
     )
     ap.add_argument(
@@ -360,6 +221,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument(
         "--finish", action="store_true", help="skip training: select/tune/ship from --out"
+    )
+    ap.add_argument(
+        "--retune",
+        action="store_true",
+        help="skip training: re-tune the shipped model <name> (its weights the only candidate; "
+        "steps, time and stages kept from its card), e.g. with -o cluster.params.connected=true",
+    )
+    ap.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="--time-limit and the recorded training time count this process's CPU seconds",
     )
     ap.add_argument("-o", "--override", action="append", default=[], help="key=value override")
     args = ap.parse_args(argv)
@@ -374,6 +246,23 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     # warm start from a shipped model: its training time and steps count towards this one's
     prior = None
+    if args.retune:  # the shipped weights as a finished run: steps, time, stages from its card
+        shipped = json.loads((PRETRAINED / f"{args.name}.json").read_text())
+        out.mkdir(parents=True, exist_ok=True)
+        state = ck.load_checkpoint(PRETRAINED / f"{args.name}.pt")
+        ck.save_checkpoint(
+            out / "last.pt",
+            model_state=state["model"],
+            config_yaml=config_to_yaml(cfg),
+            step=int(shipped["best_step"]),
+        )
+        prior = shipped.get("init")
+        own_s = shipped["train_seconds"] - (prior["train_seconds"] if prior else 0.0)
+        (out / "train_time.json").write_text(
+            json.dumps({"steps": shipped["steps"], "seconds": own_s})
+        )
+        args.finish, args.init = True, None
+        args.note = args.note or shipped.get("note")
     if args.init is not None and (PRETRAINED / f"{args.init}.json").is_file():
         d = json.loads((PRETRAINED / f"{args.init}.json").read_text())
         prior = {"model": args.init, "steps": d["steps"], "train_seconds": d["train_seconds"]}
@@ -389,7 +278,10 @@ def main(argv: list[str] | None = None) -> int:
             args.time_limit,
             resume=args.resume,
             init=init_path(args.init),
+            cpu_time=args.cpu_time,
         )
+        if args.cpu_time:
+            train_s = result.cpu_s
         train_s += before
         steps = result.step
         (out / "train_time.json").write_text(json.dumps({"steps": steps, "seconds": train_s}))
@@ -459,7 +351,12 @@ def main(argv: list[str] | None = None) -> int:
         "init": prior,
         "cluster": {"method": cfg.cluster.method, "params": cfg.cluster.params},
         "cluster_grid": rows,
-        "val_metrics": {k: metrics.get(k) for k in METRICS},
+        "val_metrics": {
+            **{k: metrics.get(k) for k in METRICS},
+            "AP_dsb@0.5:0.95": metrics.get("AP_dsb@0.5:0.95"),
+            "FP_per_image@0.5": metrics["FP@0.5"] / len(val_samples),
+            "FN_per_image@0.5": metrics["FN@0.5"] / len(val_samples),
+        },
         "val_metrics_all": {k: v for k, v in metrics.items()},
         "val_by_look": by_look,
     }
@@ -477,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         card = {"name": args.name, "sha256": sha256_file(weights), "config": config_to_dict(cfg)}
         card.update({k: v for k, v in summary.items() if k not in ("name", "cluster_grid")})
         card.pop("val_metrics_all")
+        card["history"] = history_with(args.name, card, args.change or args.note or "")
         card["n_params"] = sum(p.numel() for p in model.parameters())
         (PRETRAINED / f"{args.name}.json").write_text(json.dumps(card, indent=1) + "\n")
         write_card(args.name)

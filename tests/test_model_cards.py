@@ -1,0 +1,94 @@
+"""benchmarks/model_cards.py: the history rows of a re-shipped model and the peer table of its
+card. Hand-made cards in a temporary folder; every expected value is written out here."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import model_cards as mc  # noqa: E402
+
+
+def card(sha: str, steps: int, init_steps: int | None, ap: float, fpi: float) -> dict:
+    return {
+        "name": "toy",
+        "dataset": "bbbc039",
+        "sha256": sha,
+        "steps": steps,
+        "init": None if init_steps is None else {"model": "toy", "steps": init_steps},
+        "train_seconds": 600.0,
+        "cluster": {"method": "seeded", "params": {"seed_thresh": 0.875, "connected": True}},
+        "val_metrics": {"AP_dsb@0.5": ap, "AP": 0.5, "FP_per_image@0.5": fpi},
+    }
+
+
+@pytest.fixture
+def folders(tmp_path, monkeypatch):
+    pre, res = tmp_path / "pretrained", tmp_path / "benchmarks" / "results"
+    pre.mkdir()
+    res.mkdir(parents=True)
+    monkeypatch.setattr(mc, "PRETRAINED", pre)
+    monkeypatch.setattr(mc, "REPO", tmp_path)
+    return pre, res
+
+
+def test_history_appends_a_version_with_total_steps(folders):
+    pre, _ = folders
+    first = mc.history_with("toy", card("a" * 64, 1000, None, 0.80, 9.0), "from scratch")
+    assert [(r["version"], r["steps"], r["change"]) for r in first] == [(1, 1000, "from scratch")]
+    (pre / "toy.json").write_text(
+        json.dumps({**card("a" * 64, 1000, None, 0.8, 9.0), "history": first})
+    )
+    # a warm start of 400 steps from the 1000-step weights: 1400 steps in all, version 2
+    second = mc.history_with("toy", card("b" * 64, 400, 1000, 0.85, 3.0), "connected")
+    assert [(r["version"], r["steps"]) for r in second] == [(1, 1000), (2, 1400)]
+    assert second[1]["AP_dsb@0.5"] == 0.85 and second[1]["FP_per_image@0.5"] == 3.0
+    assert second[1]["sha256"] == "b" * 64 and second[1]["cluster"]["connected"] is True
+    table = mc.history_table(second)
+    assert table[4].startswith("| 1 | from scratch | 1000 |") and "| 0.800 |" in table[4]
+    assert table[5].startswith("| 2 | connected | 1400 |") and table[5].endswith("| 3.00 |")
+
+
+def test_peer_table_shows_only_full_runs_of_this_version(folders):
+    _, res = folders
+
+    def row(method, ap):
+        return {
+            "method": method,
+            "AP_dsb@0.5": ap,
+            "AP_dsb@0.5:0.95": 0.7,
+            "AP": 0.6,
+            "FP_per_image@0.5": 2.0,
+            "s_per_image": 0.3,
+            "train_seconds": 2100.0,
+        }
+
+    def peer(sha, smoke, name):
+        return {
+            "script": f"benchmarks/{name}.py",
+            "smoke_test": smoke,
+            "shipped_model": {"sha256": sha},
+            "rows": [row("instembed", 0.9), row(name, 0.88)],
+        }
+
+    this = card("c" * 64, 1000, None, 0.9, 2.0)
+    assert mc.peer_table(this) == []  # no peer run yet
+    (res / "peer_bbbc039.json").write_text(json.dumps(peer("c" * 64, False, "stardist")))
+    (res / "peer_cellpose_bbbc039.json").write_text(json.dumps(peer("c" * 64, False, "cellpose")))
+    (res / "peer_old_bbbc039.json").write_text(json.dumps(peer("d" * 64, False, "older")))
+    (res / "peer_smoke_bbbc039.json").write_text(json.dumps(peer("c" * 64, True, "smoke")))
+    lines = mc.peer_table(this)
+    methods = [
+        ln.split(" | ")[0].lstrip("| ") for ln in lines if ln.startswith("| ") and "---" not in ln
+    ]
+    # one instembed row (both files score the same version), then each peer in file-name order
+    # (peer_bbbc039 = StarDist, peer_cellpose_bbbc039); the run against another version of the
+    # model and the smoke test are left out
+    assert methods[1:] == ["instembed", "stardist", "cellpose"]
+    assert "| 0.880 |" in lines[5] and "| 2.00 | 0.30 | 35 min |" in lines[5]
