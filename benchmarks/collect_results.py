@@ -383,6 +383,52 @@ def section_leaves(results: Path) -> list[str]:
     return lines
 
 
+def section_false_positives(results: Path) -> list[str]:
+    """Where the shipped models' false positives come from (``benchmarks/fp_analysis.py``):
+    the post-processing ablation on the val split and the false positives by category."""
+    r = load(results, "fp_analysis")
+    lines = ["## False positives of the shipped models (val split)", ""]
+    if r is None:
+        return lines + ["not run: `python benchmarks/fp_analysis.py`", ""]
+    for m in r["models"].values():
+        lines += [
+            f"**{m['model']}** ({m['n_images']} val images; the card's clustering first):",
+            "",
+        ]
+        lines += table(
+            ["setting", "AP_dsb@0.5", "mean AP_dsb@0.5:0.95", "TP", "FP", "FN", "FP / image"],
+            [
+                [
+                    x["setting"],
+                    x["AP_dsb@0.5"],
+                    x["AP_dsb@0.5:0.95"],
+                    x["TP"],
+                    x["FP"],
+                    x["FN"],
+                    fmt(x["FP_per_image"], 2),
+                ]
+                for x in m["ablation"]
+            ],
+        )
+        for which, title in (("baseline_categories", "card"), ("final_categories", "final")):
+            c = m[which]
+            cats = ", ".join(f"{k} {e['n']}" for k, e in c["fp"].items() if e["n"])
+            worst = ", ".join(f"#{e['image']}: {e['fp']}" for e in c["fp_by_image"][:3])
+            lines += [
+                "",
+                f"False positives, {title} setting: {cats}; images with the most: {worst}.",
+            ]
+        lines.append("")
+    lines += [
+        "Script: `python benchmarks/fp_analysis.py` (one thread; network outputs cached; "
+        "categories defined in its `fp_category` / `fn_category`). `connected`: each instance "
+        "keeps its main 8-connected piece of foreground; `retuned`: thresholds re-tuned on the "
+        "val split with the current grid (seed threshold up to 0.9).",
+        "",
+    ]
+    return lines
+
+
 def section_peers_trained(results: Path) -> list[str]:
     """Peers trained beside instembed (``benchmarks/peer_*.py``): every
     ``results/peer_<dataset>.json``, both rows (instembed's shipped model and the peer)."""
@@ -516,6 +562,7 @@ def main(argv: list[str] | None = None) -> int:
     lines += section_maskrcnn(results)
     lines += section_instance_fcn(results)
     lines += section_recurrent(results)
+    lines += section_false_positives(results)
     lines += section_peers_trained(results)
     lines += [PEER]
     Path(args.out).write_text("\n".join(lines))
