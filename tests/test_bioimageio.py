@@ -86,6 +86,38 @@ def test_compiled_normalisation_equals_numpy_bit_for_bit(mode):
         assert darkbg == {True, False}  # both branches were exercised
 
 
+@pytest.mark.parametrize("mode", ["percentile", "percentile_darkbg"])
+def test_compiled_min_range_equals_numpy_bit_for_bit(mode):
+    # the floor on the percentile range: images whose ranges lie below and above each floor
+    from instembed.data.normalize import normalize_image
+
+    rng = np.random.default_rng(7)
+    dtypes = [np.uint8, np.uint16, np.int16, np.float32, np.float64]
+    floored, inverted = set(), set()
+    for floor in (50.0, 150.0, 3000.0):
+        norm = torch.jit.script(Normalize(mode, min_range=floor))
+        for i in range(15):
+            c, h, w = int(rng.integers(1, 3)), *(int(v) for v in rng.integers(2, 30, 2))
+            dt = dtypes[i % len(dtypes)]
+            top = [40, 140, 4000][i % 3] if dt != np.uint8 else [40, 140][i % 2]
+            if np.issubdtype(dt, np.integer):
+                x = (rng.integers(0, top, (c, h, w)) + 100).astype(dt)
+            else:
+                x = (rng.random((c, h, w)) * top + 100).astype(dt)
+            if i % 4 == 0:
+                x = (x.max() - x + 100).astype(dt)  # bright background
+            want = normalize_image(x, mode, floor)
+            got = norm(torch.from_numpy(x)).numpy()
+            np.testing.assert_array_equal(got, want, err_msg=f"{mode} {floor} {dt} {x.shape}")
+            floored.add(not np.array_equal(want, normalize_image(x, mode)))
+            plain = normalize_image(x, "percentile", floor)
+            inverted.add(bool(np.array_equal(want, 1 - plain)) and not np.array_equal(want, plain))
+    assert floored == {True, False}  # the floor acted on some images, not on others
+    assert inverted == ({True, False} if mode == "percentile_darkbg" else {False})
+    with pytest.raises(ValueError, match="min_range"):
+        Normalize(mode, min_range=-1.0)
+
+
 def test_percentile_interpolation_by_hand():
     # 0..99 as float32: numpy 'linear' puts the 1st percentile at index 0.99 (0.99) and the
     # 99.8th at 98.802 (98.802); so 0 -> -0.99 / 97.812 and 99 -> 98.01 / 97.812
@@ -98,10 +130,11 @@ def test_percentile_interpolation_by_hand():
 
 
 # --------------------------------------------------------------------------- a run folder
-def _run_folder(tmp_path):
+def _run_folder(tmp_path, reader_params=None):
     """A run folder with a small random seeded model that finds instances (seed bias)."""
     heads = {"embedding": 2, "sigma": 2, "seed": 1}
     cfg = Config()
+    cfg.data.reader_params = dict(reader_params or {})
     cfg.model.name, cfg.loss.name = "unet", "spatial"
     cfg.model.params = {"heads": heads, "depth": 2, "width": 4, "semiconv": True}
     cfg.cluster = ClusterConfig("seeded", {"seed_thresh": 0.6, "min_size": 4})
@@ -110,7 +143,7 @@ def _run_folder(tmp_path):
     with torch.no_grad():
         m.decoders[0].head.bias[-1] = 2.0
     run = tmp_path / "run"
-    run.mkdir()
+    run.mkdir(parents=True)
     ck.save_checkpoint(
         run / "best.pt", model_state=m.state_dict(), config_yaml=config_to_yaml(cfg), step=0
     )
@@ -132,6 +165,7 @@ def test_cli_exports_a_run_folder_that_equals_segment(tmp_path, capsys):
     assert f"wrote {out}" in capsys.readouterr().out
     rdf = yaml.safe_load(_read(out, "rdf.yaml"))
     assert rdf["authors"] == [{"name": "A. Tester"}] and rdf["name"] == "instembed run"
+    assert "min_range" not in rdf["config"]["instembed"]  # the model has no floor
     assert [c["doi"] for c in rdf["cite"]] == [NEVEN, NOVOTNY, "10.1007/978-3-319-24574-4_28"]
     x = _npy(out, "test_input.npy")
     assert x.dtype == np.float32 and x.shape == (1, 1, 60, 52)
@@ -146,6 +180,26 @@ def test_cli_exports_a_run_folder_that_equals_segment(tmp_path, capsys):
     np.testing.assert_array_equal(got[0, 0], want)
     flipped = instembed.segment(pair[1, 0], str(run), device="cpu").labels
     np.testing.assert_array_equal(got[1, 0], flipped)
+
+
+def test_the_package_compiles_the_models_min_range(tmp_path):
+    from instembed.data.normalize import normalize_image
+
+    run = _run_folder(tmp_path, {"normalize": "percentile", "min_range": 150})
+    rng = np.random.default_rng(1)
+    raw = (134 + rng.integers(-20, 21, (1, 40, 36))).astype(np.uint16)  # range ~70 < 150
+    raw[0, 8:20, 10:24] += 30
+    out = export_bioimageio(run, tmp_path / "m.zip", test_image=raw)
+    assert yaml.safe_load(_read(out, "rdf.yaml"))["config"]["instembed"]["min_range"] == 150
+    assert "floored at 150 raw units" in _read(out, "README.md").decode()
+    x = _npy(out, "test_input.npy")
+    m = torch.jit.load(io.BytesIO(_read(out, "weights_torchscript.pt")))
+    got = m.normalize(torch.from_numpy(x[0])).numpy()
+    want = normalize_image(x[0], "percentile", 150)
+    np.testing.assert_array_equal(got, want)
+    assert float(want.max()) < 0.6 < 1.0 <= float(normalize_image(x[0], "percentile").max())
+    labels = instembed.segment(x[0, 0], str(run), device="cpu").labels  # the model's floor too
+    np.testing.assert_array_equal(_npy(out, "test_output.npy")[0, 0], labels)
 
 
 def test_cli_refuses_what_the_package_cannot_hold(tmp_path, capsys):

@@ -219,6 +219,33 @@ def test_normalisation_from_window_statistics_equals_the_whole_image_one(dtype, 
         assert norm.invert
 
 
+class FlooredCentroidNet(CentroidNet):
+    """:class:`CentroidNet` behind a percentile normalisation floored at 1000 whose percentiles
+    are 0 and below 1000 (``lo`` = 0: the input arrives as ``image / 1000``): it multiplies it
+    back, so it finds the objects only when the floor was applied."""
+
+    def forward(self, x, coords_origin=None, targets=None) -> Outputs:
+        return super().forward(x * 1000.0, coords_origin, targets)
+
+
+def test_the_models_min_range_floors_the_whole_image_percentiles(tmp_path, scene):
+    lab, img = scene
+    cfg = Config()
+    cfg.data.reader_params = {"normalize": "percentile", "min_range": 1000}
+    pred = Predictor(FlooredCentroidNet(), cfg, cluster=SEEDED)
+    kw = dict(block=64, halo=12, scheduler="synchronous")
+    run = segment_to_zarr(img, pred, tmp_path / "o.zarr", **kw)  # normalize="auto"
+    meta = zarr.open_group(str(run.out), mode="r").attrs["instembed"]
+    lo, hi = np.asarray(meta["norm"]["lo"]), np.asarray(meta["norm"]["hi"])
+    assert (lo == 0).all() and (hi - lo < 1000).all() and (hi > 0.5).all()  # the floor acts
+    assert meta["norm"]["min_range"] == 1000 and meta["settings"]["min_range"] == 1000
+    assert same_partition(labels_of(run), lab) and run.instances == int(lab.max())
+    with pytest.raises(Z.OutputMismatch, match="min_range"):
+        segment_to_zarr(img, pred, tmp_path / "o.zarr", min_range=0, **kw)
+    with pytest.raises(ValueError, match="min_range"):
+        segment_to_zarr(img, pred, tmp_path / "p.zarr", min_range=-1, **kw)
+
+
 def test_a_large_float_image_is_normalised_from_its_grid_sample():
     img = np.random.default_rng(3).random((1, 90, 70)).astype(np.float32)
     lazy = open_lazy(img)

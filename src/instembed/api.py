@@ -146,11 +146,17 @@ def split_frames(
 
 # --------------------------------------------------------------------------- preparation
 def _prepare(
-    chw: np.ndarray, mode: str, channels: int, channel: int | None, notice: list
+    chw: np.ndarray,
+    mode: str,
+    channels: int,
+    channel: int | None,
+    notice: list,
+    min_range: float = 0.0,
 ) -> np.ndarray:
     """Raw ``(C, H, W)`` pixels -> the ``(channels, H, W)`` float32 image the model takes, by
-    the steps of :func:`instembed.data.io.load_image` (channel pick, normalisation, averaging
-    to gray with a logged notice / repeating gray)."""
+    the steps of :func:`instembed.data.io.load_image` (channel pick, normalisation with the
+    floor ``min_range`` on the percentile range, averaging to gray with a logged notice /
+    repeating gray)."""
     from instembed.data.io import model_channels
 
     def average_notice(n: int) -> None:
@@ -163,7 +169,7 @@ def _prepare(
                 n - 1,
             )
 
-    img = model_channels(chw, mode, channels, channel, "segment", average_notice)
+    img = model_channels(chw, mode, channels, channel, "segment", average_notice, min_range)
     if not np.isfinite(img).all():
         bad = int((~np.isfinite(img)).sum())
         raise ValueError(
@@ -222,6 +228,7 @@ def segment(
     tile: int | None = None,
     tta: bool = False,
     normalize: str = "auto",
+    min_range: float | None = None,
     device: str | None = None,
     scale: float | None = None,
     channel: int | None = None,
@@ -259,6 +266,9 @@ def segment(
             uses), or one of :data:`instembed.data.normalize.NORMALIZATIONS` (``"none"``: the
             pixels are used as given, cast to float32). Each frame of a stack is normalised on
             its own, as predict normalises each file.
+        min_range: floor on the percentile range of the percentile normalisations, in the
+            image's raw intensity units (``(x - lo) / max(hi - lo, min_range)``); ``None``: the
+            model's (``data.reader_params.min_range`` of its config, 0 when absent).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``; ``None``/``"auto"``: CUDA when
             available, else CPU.
         scale: resize factor before the network (0.5 for objects twice the size of the
@@ -280,7 +290,8 @@ def segment(
         None, ``masks`` ``(N, H, W)`` bool for models whose instances may overlap
         (``bbbc010-worms``; ``labels`` then paints the masks, higher score on top), else None;
         ``masks_or_labels`` is what predict writes -- or, for a stack, a list of them, one
-        per frame. ``meta`` holds ``model`` and ``normalize`` besides predict's timing.
+        per frame. ``meta`` holds ``model`` and ``normalize`` (and ``min_range`` when not 0)
+        besides predict's timing.
 
     Raises:
         TypeError: ``image`` is neither an array nor a path, or its dtype is not integer/float
@@ -291,7 +302,7 @@ def segment(
             ValueError) for an unreadable file. FileNotFoundError: an unknown model.
         All messages are one line saying what was expected and what was received.
     """
-    from instembed.data.normalize import NORMALIZATIONS
+    from instembed.data.normalize import NORMALIZATIONS, check_min_range, model_normalization
 
     if not isinstance(model, (str, os.PathLike)):
         raise TypeError(
@@ -303,6 +314,8 @@ def segment(
             f"segment: expected normalize 'auto' or one of {list(NORMALIZATIONS)}, "
             f"got {normalize!r}"
         )
+    if min_range is not None:
+        min_range = check_min_range(min_range, "segment: min_range")
     if channel is not None and (
         isinstance(channel, bool) or not isinstance(channel, (int, np.integer)) or channel < 0
     ):
@@ -353,23 +366,26 @@ def segment(
         base = dataclasses.replace(base, params={**base.params, **cluster})
         key = "segment cluster"
     predictor.cluster = check_cluster(base, require=True, key=key)
-    mode = (
-        cfg.data.reader_params.get("normalize", "percentile") if normalize == "auto" else normalize
-    )
+    mode, floor = model_normalization(cfg.data.reader_params, "model data.reader_params")
+    mode = mode if normalize == "auto" else normalize
+    floor = floor if min_range is None else min_range
     meta = {"model": str(model), "normalize": mode}
+    if floor:
+        meta["min_range"] = floor
 
     if path is not None:
         from instembed.data.io import load_image
 
-        img, _ = load_image(path, mode, channels=predictor.in_channels, channel=channel)
+        img, _ = load_image(
+            path, mode, channels=predictor.in_channels, channel=channel, min_range=floor
+        )
         return _run(predictor, [img], meta, progress)[0]
 
     stack, layout = split_frames(image.shape, predictor.in_channels, frames, channel)
     notice: list = []
     items = list(image) if stack else [image]
-    imgs = [
-        _prepare(_frame_chw(x, layout), mode, predictor.in_channels, channel, notice) for x in items
-    ]
+    chans = predictor.in_channels
+    imgs = [_prepare(_frame_chw(x, layout), mode, chans, channel, notice, floor) for x in items]
     results = _run(predictor, imgs, meta, progress)
     return results if stack else results[0]
 

@@ -28,6 +28,7 @@ import numpy as np
 from instembed.data.errors import ImageReadError
 from instembed.data.normalize import (  # noqa: F401  (re-exported: the io API)
     NORMALIZATIONS,
+    check_min_range,
     dark_background,
     normalize_image,
     percentile_normalize,
@@ -230,9 +231,11 @@ def model_channels(
     channel: int | None,
     where: str,
     on_average=None,
+    min_range: float = 0.0,
 ) -> np.ndarray:
     """Raw ``(C, H, W)`` pixels -> the normalised image with the caller's channel count: pick
-    ``channel`` (when given), normalise, then average colour to gray (``channels=1``; calls
+    ``channel`` (when given), normalise (``min_range``: the floor on the percentile range, see
+    :func:`normalize_image`), then average colour to gray (``channels=1``; calls
     ``on_average(C)`` first, for the caller's notice) or repeat gray (``channels > 1``).
     Errors are :class:`ImageReadError` starting with ``where`` (a file name, or ``segment``)."""
     if channel is not None:
@@ -244,7 +247,7 @@ def model_channels(
                 f"channel(s) (0..{chw.shape[0] - 1})"
             )
         chw = chw[channel : channel + 1]
-    img = normalize_image(chw, normalize)
+    img = normalize_image(chw, normalize, min_range)
     if channels is not None and img.shape[0] != channels:
         if channels == 1:
             if on_average is not None:
@@ -264,8 +267,12 @@ def load_image(
     normalize: str = "percentile",
     channels: int | None = None,
     channel: int | None = None,
+    min_range: float = 0.0,
 ) -> tuple[np.ndarray, str]:
     """Read ``path`` as a ``(C, H, W)`` float32 image; returns ``(image, raw dtype name)``.
+
+    ``normalize`` / ``min_range``: the normalisation (:func:`normalize_image`; ``min_range``
+    floors the percentile range, in the file's raw intensity units; 0 = off).
 
     ``channels`` is the channel count the caller needs (the model's): ``channels=1`` averages
     colour channels to gray -- a warning is logged once per image saying so and how to pick one
@@ -292,7 +299,7 @@ def load_image(
                 n - 1,
             )
 
-    img = model_channels(chw, normalize, channels, channel, str(path), notice)
+    img = model_channels(chw, normalize, channels, channel, str(path), notice, min_range)
     return np.ascontiguousarray(img, np.float32), str(raw.dtype)
 
 

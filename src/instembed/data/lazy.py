@@ -20,7 +20,8 @@ memory, but computed from per-window statistics (:func:`window_stats`, merged by
 method of :func:`~instembed.data.normalize.percentile_normalize`), and from a regular grid sample
 of at most ``max_sample`` pixels for other dtypes (exact while the image has no more pixels than
 that). ``"percentile_darkbg"`` decides the inversion from the median of the sample.
-``"range"`` and ``"none"`` are per pixel and need no statistics.
+``"range"`` and ``"none"`` are per pixel and need no statistics. ``min_range`` floors the
+whole-image percentile range (raw intensity units) as ``normalize_image``'s ``min_range`` does.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from instembed.data.errors import ImageReadError
-from instembed.data.normalize import NORMALIZATIONS, normalize_image
+from instembed.data.normalize import NORMALIZATIONS, check_min_range, normalize_image
 
 log = logging.getLogger(__name__)
 
@@ -289,23 +290,29 @@ def _hist_percentile(cum: np.ndarray, q: float) -> float:
 class GlobalNorm:
     """One normalisation for every window of an image: ``mode`` of
     :data:`~instembed.data.normalize.NORMALIZATIONS`; for the percentile modes the per-channel
-    ``lo`` / ``hi`` mapped to 0 / 1 (shape (C, 1, 1)) and whether to ``invert`` (dark
-    background)."""
+    ``lo`` / ``hi`` mapped to 0 / 1 (shape (C, 1, 1)), whether to ``invert`` (dark
+    background) and ``min_range``, the floor on ``hi - lo`` (raw intensity units, 0 = off; as
+    :func:`~instembed.data.normalize.percentile_normalize`'s)."""
 
     mode: str
     lo: np.ndarray | None = None
     hi: np.ndarray | None = None
     invert: bool = False
+    min_range: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.min_range = check_min_range(self.min_range, "min_range")
 
     def apply(self, raw: np.ndarray, channel: int | None = None) -> np.ndarray:
         """Normalised float32 pixels of a raw ``(C, h, w)`` window (``channel``: the window
         holds that channel of the image only)."""
         if self.lo is None:
-            return normalize_image(raw, self.mode)
+            return normalize_image(raw, self.mode, self.min_range)
         lo, hi = self.lo, self.hi
         if channel is not None:
             lo, hi = lo[channel : channel + 1], hi[channel : channel + 1]
-        out = ((raw.astype(np.float32) - lo) / np.maximum(hi - lo, 1e-6)).astype(np.float32)
+        floor = max(1e-6, self.min_range)  # percentile_normalize's eps and floor
+        out = ((raw.astype(np.float32) - lo) / np.maximum(hi - lo, floor)).astype(np.float32)
         return (1.0 - out).astype(np.float32) if self.invert else out
 
     def prepare(
@@ -348,11 +355,16 @@ class StatsAccumulator:
             self.hist += part["hist"]
         self.samples.append(part["sample"])
 
-    def norm(self, mode: str, low: float = 1.0, high: float = 99.8) -> GlobalNorm:
+    def norm(
+        self, mode: str, low: float = 1.0, high: float = 99.8, min_range: float = 0.0
+    ) -> GlobalNorm:
+        """The whole image's normalisation ``mode``; ``min_range``: the floor on the
+        percentile range (raw intensity units, 0 = off)."""
         if mode not in NORMALIZATIONS:
             raise ValueError(f"unknown normalisation {mode!r}; expected one of {NORMALIZATIONS}")
+        min_range = check_min_range(min_range, "min_range")
         if mode in ("range", "none"):
-            return GlobalNorm(mode)
+            return GlobalNorm(mode, min_range=min_range)
         sample = np.concatenate(self.samples, axis=1)
         if self.all_hist and self.hist is not None:
             cum = np.cumsum(self.hist, axis=1)
@@ -361,8 +373,9 @@ class StatsAccumulator:
         else:
             pct = np.percentile(sample.astype(np.float32), [low, high], axis=1, keepdims=True)
             lo, hi = pct[0][:, :, None], pct[1][:, :, None]
-        norm = GlobalNorm("percentile", lo, hi)
+        norm = GlobalNorm("percentile", lo, hi, min_range=min_range)
         if mode == "percentile_darkbg":
             gray = norm.apply(sample[:, None, :]).mean(0)
-            norm = GlobalNorm(mode, lo, hi, invert=bool(gray.size and np.median(gray) > 0.5))
+            invert = bool(gray.size and np.median(gray) > 0.5)
+            norm = GlobalNorm(mode, lo, hi, invert=invert, min_range=min_range)
         return norm

@@ -1,9 +1,21 @@
 """Raw pixels -> the ``(C, H, W)`` float32 image of a :class:`~instembed.data.sample.Sample`:
 channel layout (:func:`to_chw`) and intensity normalisation (:data:`NORMALIZATIONS`,
 :func:`normalize_image`). Used by :func:`instembed.data.io.load_image` and the readers.
+
+``min_range`` (the reader option ``data.reader_params.min_range``, raw intensity units, default 0
+= off) is a floor on the denominator of the percentile normalisations: ``(x - lo) /
+max(hi - lo, min_range)``. An image whose percentile range is above the floor is normalised
+exactly as without it; an empty field (camera noise only, a small range) is no longer
+stretched to 0..1 but stays near 0 (its noise spans about ``range / min_range``).
+:func:`model_normalization` reads a model's ``(mode, min_range)`` from its reader options: every
+place that normalises with the model's setting (predict, :func:`instembed.segment`, the
+block-wise path, the bioimage.io package, napari) takes it from there.
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -40,12 +52,18 @@ def percentile_normalize(
     *,
     per_channel: bool = True,
     eps: float = 1e-6,
+    min_range: float = 0.0,
 ) -> np.ndarray:
     """Map the ``low``/``high`` percentiles of ``image`` (C, H, W) to 0/1 (float32, not clipped).
 
     The usual normalisation for 12/16-bit microscopy (as in CSBDeep/StarDist, whose defaults
     1 / 99.8 are kept). A constant image maps to 0.
+
+    ``min_range`` (raw intensity units, >= 0) floors the denominator, per channel:
+    ``(x - lo) / max(hi - lo, min_range, eps)``. With 0 (the default), or for a channel whose
+    ``hi - lo`` is above it, the result is bit for bit the one without the floor.
     """
+    floor = max(float(eps), check_min_range(min_range))
     image = np.asarray(image)
     x = image.astype(np.float32)
     if image.dtype in (np.uint8, np.uint16) and image.size:
@@ -64,7 +82,7 @@ def percentile_normalize(
     else:
         axes = tuple(range(1, x.ndim)) if per_channel and x.ndim == 3 else None
         lo, hi = np.percentile(x, [low, high], axis=axes, keepdims=True)
-    return ((x - lo) / np.maximum(hi - lo, eps)).astype(np.float32)
+    return ((x - lo) / np.maximum(hi - lo, floor)).astype(np.float32)
 
 
 def _hist_percentiles(values: np.ndarray, qs) -> list[float]:
@@ -106,17 +124,54 @@ def dark_background(image: np.ndarray, level: float = 0.5) -> np.ndarray:
     return image
 
 
-def normalize_image(image: np.ndarray, mode: str = "percentile") -> np.ndarray:
+def normalize_image(
+    image: np.ndarray, mode: str = "percentile", min_range: float = 0.0
+) -> np.ndarray:
     """Normalise a ``(C, H, W)`` image: ``"percentile"`` (1 / 99.8 -> 0 / 1),
     ``"percentile_darkbg"`` (the same, then inverted when the background is bright, see
     :func:`dark_background`), ``"range"`` (divide by the dtype maximum) or ``"none"`` (cast to
-    float32)."""
+    float32).
+
+    ``min_range``: the floor on the percentile range (raw intensity units, see
+    :func:`percentile_normalize`) of the two percentile modes -- for ``"percentile_darkbg"`` the
+    bright-background test looks at the floored image; ``"range"`` and ``"none"`` ignore it.
+    ValueError naming ``min_range`` when it is not a finite number >= 0."""
+    min_range = check_min_range(min_range)
     if mode == "percentile":
-        return percentile_normalize(image)
+        return percentile_normalize(image, min_range=min_range)
     if mode == "percentile_darkbg":
-        return dark_background(percentile_normalize(image))
+        return dark_background(percentile_normalize(image, min_range=min_range))
     if mode == "range":
         return range_normalize(image)
     if mode == "none":
         return np.asarray(image, np.float32)
     raise ValueError(f"unknown normalisation {mode!r}; expected one of {NORMALIZATIONS}")
+
+
+def check_min_range(value, where: str = "min_range") -> float:
+    """``value`` as a float floor on the percentile range: ``None`` -> 0.0 (off); a finite real
+    number >= 0 (int, float, NumPy scalar; not bool) -> itself; anything else raises
+    ValueError naming ``where`` and the value."""
+    if value is None:
+        return 0.0
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, (bool, np.bool_)
+    )
+    if not ok or not math.isfinite(float(value)) or float(value) < 0:
+        raise ValueError(
+            f"{where}: expected a finite number >= 0 (the floor on the percentile range, in raw "
+            f"intensity units; 0 = off), got {value!r}"
+        )
+    return float(value)
+
+
+def model_normalization(
+    reader_params: Mapping | None, where: str = "data.reader_params"
+) -> tuple[str, float]:
+    """``(mode, min_range)`` of a model's reader options (``cfg.data.reader_params``): the
+    normalisation its training reader applied -- ``normalize`` (default ``"percentile"``) and
+    ``min_range`` (default 0), checked. What predict, :func:`instembed.segment`, the block-wise
+    path and the bioimage.io export apply for the model's own normalisation."""
+    params = reader_params or {}
+    mode = str(params.get("normalize", "percentile"))
+    return mode, check_min_range(params.get("min_range"), f"{where}.min_range")

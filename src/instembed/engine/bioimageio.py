@@ -55,6 +55,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from instembed.data.normalize import model_normalization
 from instembed.engine.bioimageio_module import BioimageioModule, Normalize, bioimageio_module
 
 log = logging.getLogger(__name__)
@@ -402,13 +403,14 @@ def export_bioimageio(
         raise ValueError(f"bioimage.io export: --out must name a .zip file, got {str(out)!r}")
     net, cfg = load_model(model, "cpu")
     card = _model_card(model)
-    mode = str(cfg.data.reader_params.get("normalize", "percentile"))
+    mode, min_range = model_normalization(cfg.data.reader_params)
+    min_range = min_range if mode.startswith("percentile") else 0.0  # no effect otherwise
     params = dict(cfg.cluster.params)
     overlap = params.get("overlap_thresh") is not None
     in_channels = int(getattr(net, "in_channels", cfg.model.in_channels))
     raw = _test_image(test_image, channel, in_channels, "worms" if overlap else "touching_cells")
     with tempfile.TemporaryDirectory() as tmp:
-        scripted = bioimageio_module(net, cfg, mode, Path(tmp))
+        scripted = bioimageio_module(net, cfg, mode, Path(tmp), min_range)
         buf = io.BytesIO()
         torch.jit.save(scripted, buf, _extra_files={"config.yaml": config_to_yaml(cfg)})
     weights = buf.getvalue()
@@ -438,7 +440,9 @@ def export_bioimageio(
         "input_dtype": in_dtype,
         "min_size": int(model_facts(net)["size_divisor"]),
         "normalize": mode,
-        "normalize_words": _NORM_WORDS[mode],
+        "normalize_words": _NORM_WORDS[mode]
+        + (f", the range floored at {min_range:g} raw units" if min_range else ""),
+        "min_range": min_range,
         "overlap": overlap,
         "version": __version__,
         "source": str(model),
@@ -560,6 +564,7 @@ def _rdf(f: dict, files: dict[str, bytes], cfg) -> dict:
                 "version": f["version"],
                 "model": f["source"],
                 "normalize": f["normalize"],
+                **({"min_range": f["min_range"]} if f["min_range"] else {}),
                 "cluster": {"method": cfg.cluster.method, "params": f["cluster_params"]},
                 "size_divisor": f["min_size"],
             },

@@ -75,15 +75,26 @@ class Normalize(nn.Module):
     arithmetic for uint8 / uint16 input, NumPy's ``percentile`` for other dtypes, whose values
     are first cast to float32), ``percentile_darkbg`` (then ``1 - x`` when the median of the
     channel mean is above 0.5), ``range`` (integers divided by their dtype's maximum), ``none``.
+    ``min_range``: the floor on the percentile range (raw intensity units, 0 = off) of the
+    percentile modes, ``(x - lo) / max(hi - lo, min_range, eps)`` as NumPy's.
     Non-finite results are refused, as :func:`instembed.segment` refuses them."""
 
-    def __init__(self, mode: str, low: float = 1.0, high: float = 99.8, eps: float = 1e-6):
+    def __init__(
+        self,
+        mode: str,
+        low: float = 1.0,
+        high: float = 99.8,
+        eps: float = 1e-6,
+        min_range: float = 0.0,
+    ):
         super().__init__()
-        from instembed.data.normalize import NORMALIZATIONS
+        from instembed.data.normalize import NORMALIZATIONS, check_min_range
 
         if mode not in NORMALIZATIONS:
             raise ValueError(f"normalisation: expected one of {NORMALIZATIONS}, got {mode!r}")
         self.mode, self.low, self.high, self.eps = mode, float(low), float(high), float(eps)
+        self.min_range = check_min_range(min_range)
+        self.floor = max(self.eps, self.min_range)  # the denominator's lower bound
 
     def percentile(self, x: Tensor) -> Tensor:
         c = x.shape[0]
@@ -95,7 +106,7 @@ class Normalize(nn.Module):
             lo, hi = _numpy_percentile(s, self.low), _numpy_percentile(s, self.high)
         lo, hi = lo.view(c, 1, 1), hi.view(c, 1, 1)
         x32 = x.to(torch.float32).to(torch.float64)
-        return ((x32 - lo) / torch.clamp(hi - lo, min=self.eps)).to(torch.float32)
+        return ((x32 - lo) / torch.clamp(hi - lo, min=self.floor)).to(torch.float32)
 
     def dark_background(self, x: Tensor) -> Tensor:
         gray = x[0]
@@ -134,10 +145,12 @@ class BioimageioModule(nn.Module):
     (:class:`Normalize`) and segmented by ``inner.segment`` (a TorchScript file of
     :func:`instembed.engine.export.export_torchscript` with its post-processing)."""
 
-    def __init__(self, inner: torch.jit.ScriptModule, mode: str, in_channels: int) -> None:
+    def __init__(
+        self, inner: torch.jit.ScriptModule, mode: str, in_channels: int, min_range: float = 0.0
+    ) -> None:
         super().__init__()
         self.inner = inner
-        self.normalize = Normalize(mode)
+        self.normalize = Normalize(mode, min_range=min_range)
         self.in_channels = int(in_channels)
 
     def forward(self, image: Tensor) -> Tensor:
@@ -154,9 +167,11 @@ class BioimageioModule(nn.Module):
         return torch.stack(out)
 
 
-def bioimageio_module(model: nn.Module, cfg, mode: str, workdir: Path) -> torch.jit.ScriptModule:
+def bioimageio_module(
+    model: nn.Module, cfg, mode: str, workdir: Path, min_range: float = 0.0
+) -> torch.jit.ScriptModule:
     """The scripted :class:`BioimageioModule` of ``model`` (clustering of ``cfg.cluster``,
-    normalisation ``mode``). Raises ValueError for a model that returns instances itself (Mask
+    normalisation ``mode`` with the floor ``min_range`` on the percentile range). Raises ValueError for a model that returns instances itself (Mask
     R-CNN, ISFCN, recurrent: no label-image ``segment`` to compile) or whose clustering has no
     TorchScript exporter."""
     from instembed.engine.export import export_torchscript
@@ -187,4 +202,4 @@ def bioimageio_module(model: nn.Module, cfg, mode: str, workdir: Path) -> torch.
             "bioimage.io export: the TorchScript file has no compiled clustering (segment); "
             f"method {cfg.cluster.method!r}"
         )
-    return torch.jit.script(BioimageioModule(inner, mode, int(inner.in_channels)))
+    return torch.jit.script(BioimageioModule(inner, mode, int(inner.in_channels), min_range))

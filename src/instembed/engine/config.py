@@ -69,11 +69,13 @@ class DataConfig:
     center: str = "centroid"  # spatial-loss centres (data.centres); "centroid" = per crop
     look_weights: dict[str, float] | None = None  # {look: weight} draws (data.looks); None = off
 
-    def __post_init__(self) -> None:  # bad look weights fail before any work
+    def __post_init__(self) -> None:  # bad look weights / min_range fail before any work
         from instembed.data.looks import check_look_weights
+        from instembed.data.normalize import model_normalization
 
         try:
             self.look_weights is None or check_look_weights(self.look_weights)
+            isinstance(self.reader_params, dict) and model_normalization(self.reader_params)
         except ValueError as err:
             raise ConfigError(str(err)) from None
 

@@ -158,9 +158,10 @@ def _resolve(model, cluster, device: str):
     return spec, net, cfg
 
 
-def _norm(meta: dict, mode: str, out: Path, lazy, blocks, runner, report):
+def _norm(meta: dict, mode: str, out: Path, lazy, blocks, runner, report, min_range=0.0):
     """The image's :class:`~instembed.data.lazy.GlobalNorm`: the one recorded in ``out``, or
-    computed from per-core statistics (step 1) and recorded."""
+    computed from per-core statistics (step 1) and recorded (``min_range``: the floor on the
+    percentile range; recorded too, 0 when a record from before it has none)."""
     from instembed.data.lazy import GlobalNorm, StatsAccumulator, sample_stride
 
     rec = meta.get("norm")
@@ -169,9 +170,10 @@ def _norm(meta: dict, mode: str, out: Path, lazy, blocks, runner, report):
         def arr(v):
             return None if v is None else np.asarray(v, rec["dtype"])[:, None, None]
 
-        return GlobalNorm(rec["mode"], arr(rec["lo"]), arr(rec["hi"]), rec["invert"])
+        lo, hi, mr = arr(rec["lo"]), arr(rec["hi"]), rec.get("min_range", 0.0)
+        return GlobalNorm(rec["mode"], lo, hi, rec["invert"], min_range=mr)
     if mode in ("range", "none"):
-        norm = GlobalNorm(mode)
+        norm = GlobalNorm(mode, min_range=min_range)
     else:
         acc = StatsAccumulator()
         stride = sample_stride(lazy.height, lazy.width)
@@ -180,7 +182,7 @@ def _norm(meta: dict, mode: str, out: Path, lazy, blocks, runner, report):
         failed = runner.run(_stats_task, jobs, "statistics", lambda k, r: acc.add(r), report)
         if failed:
             raise_failed(lazy.name, "statistics block", failed, len(blocks), out)
-        norm = acc.norm(mode)
+        norm = acc.norm(mode, min_range=min_range)
     flat = lambda a: None if a is None else a.ravel().tolist()  # noqa: E731
     Z.update_attrs(
         out,
@@ -189,6 +191,7 @@ def _norm(meta: dict, mode: str, out: Path, lazy, blocks, runner, report):
             "lo": flat(norm.lo),
             "hi": flat(norm.hi),
             "invert": norm.invert,
+            "min_range": norm.min_range,
             "dtype": "float64" if norm.lo is None else str(norm.lo.dtype),
         },
     )
@@ -215,6 +218,7 @@ def segment_to_zarr(
     tta: bool | None = None,
     cluster=None,
     normalize: str = "auto",
+    min_range: float | None = None,
     channel: int | None = None,
     axes: str | None = None,
     device: str = "auto",
@@ -240,6 +244,8 @@ def segment_to_zarr(
         cluster: a :class:`~instembed.engine.config.ClusterConfig` replacing the model's.
         normalize: ``"auto"`` (the model's, from its config) or one of
             :data:`~instembed.data.normalize.NORMALIZATIONS`, computed on the whole image.
+        min_range: floor on the percentile range (raw intensity units); ``None``: the model's
+            (``data.reader_params.min_range``, 0 when absent).
         channel: use this channel of a multi-channel image (default: average to gray for a
             1-channel model, as ``predict``). device: for a model given by name or path.
         scheduler, workers: where the tasks run (:mod:`instembed.engine.dask_run`); threads:
@@ -254,6 +260,7 @@ def segment_to_zarr(
         OutputMismatch` when ``out`` holds another run.
     """
     from instembed.data.lazy import open_lazy
+    from instembed.data.normalize import check_min_range, model_normalization
     from instembed.engine.inference import default_overlap, model_facts
 
     t_start = time.perf_counter()
@@ -281,9 +288,9 @@ def segment_to_zarr(
         )
     context = (default_overlap(net) if spec.overlap is None else spec.overlap) // 2
     divisor = model_facts(net)["size_divisor"]
-    mode = normalize
-    if normalize == "auto":
-        mode = cfg.data.reader_params.get("normalize", "percentile")
+    mode, model_min_range = model_normalization(cfg.data.reader_params)
+    mode = mode if normalize == "auto" else normalize
+    min_range = model_min_range if min_range is None else check_min_range(min_range)
     settings = {
         "input": str(Path(lazy.where).resolve()) if lazy.kind != "array" else lazy.name,
         "shape": [h, w],
@@ -297,6 +304,8 @@ def segment_to_zarr(
         "normalize": mode,
         "channel": channel,
     }
+    if min_range:  # recorded only when set: outputs of earlier versions stay resumable
+        settings["min_range"] = min_range
     out = Path(out)
     meta = Z.open_output(out, (h, w), block, settings, overwrite=overwrite)
     blocks = block_grid(h, w, block, halo)
@@ -311,7 +320,7 @@ def segment_to_zarr(
     run = BlockRun(out, 0, len(blocks))
     with dask_client(scheduler, workers) as client:
         runner = Runner(client)
-        norm = _norm(meta, mode, out, lazy, blocks, runner, report)
+        norm = _norm(meta, mode, out, lazy, blocks, runner, report, min_range)
         done = Z.finished_blocks(out, len(blocks))
         todo = {i: b for i, b in enumerate(blocks) if i not in done}
         run.resumed, run.computed = len(done), len(todo)

@@ -303,13 +303,17 @@ def raise_failed(name: str, what: str, failed: dict, total: int, where, rows=Non
 
 
 # --------------------------------------------------------------------------- many images
-def _file_task(spec, path: str, stem: str, out: str, opts, normalize: str, channel) -> dict:
+def _file_task(
+    spec, path: str, stem: str, out: str, opts, normalize: str, channel, min_range=0.0
+) -> dict:
     from instembed.data.io import load_image
     from instembed.engine.predict import write_prediction
 
     try:
         pred = spec.predictor()
-        image, _ = load_image(path, normalize, channels=pred.in_channels, channel=channel)
+        image, _ = load_image(
+            path, normalize, channels=pred.in_channels, channel=channel, min_range=min_range
+        )
         res = pred(image)
         write_prediction(Path(out), stem, image, res, opts)
     except Exception as err:
@@ -347,11 +351,14 @@ def predict_files(
     threads: int | None = None,
     progress=None,
     skip: set | None = None,
+    min_range: float = 0.0,
 ) -> FilesRun:
     """Segment image files as Dask tasks, one per image, each written as ``instembed predict``
     writes it (:func:`instembed.engine.predict.write_prediction` with ``opts``) under ``out``
-    with its name from ``names``. Inputs in ``skip`` are left out (counted as ``skipped``).
-    A failed image is listed in ``failed`` and the others go on."""
+    with its name from ``names``; each image read by :func:`instembed.data.io.load_image` with
+    ``normalize`` and ``min_range`` (the model's: ``data.reader_params``). Inputs in ``skip``
+    are left out (counted as ``skipped``). A failed image is listed in ``failed`` and the
+    others go on."""
     t0 = time.perf_counter()
     run = FilesRun(skipped=len(skip or ()))
     if threads is None and scheduler is None:
@@ -361,7 +368,7 @@ def predict_files(
         runner = Runner(client)
         shared = runner.share(spec)
         jobs = {
-            str(f): (shared, str(f), name, str(out), opts, normalize, channel)
+            str(f): (shared, str(f), name, str(out), opts, normalize, channel, min_range)
             for f, name in zip(files, names)
             if not skip or f not in skip
         }

@@ -286,11 +286,13 @@ def dense_outputs(
     if tile is None and max(frame.shape[:2] if frame.ndim == 3 else frame.shape) > AUTO_BLOCK_SIDE:
         tile = DEFAULT_BLOCK  # as segment: a large image goes through the network in tiles
     predictor = Predictor(net, cfg, device=dev, tile=tile, tta=bool(tta))
-    mode = (
-        cfg.data.reader_params.get("normalize", "percentile") if normalize == "auto" else normalize
-    )
+    from instembed.data.normalize import model_normalization
+
+    mode, floor = model_normalization(cfg.data.reader_params)  # floor: the model's min_range
+    mode = mode if normalize == "auto" else normalize
     _, layout = api.split_frames(frame.shape, predictor.in_channels, False, channel)
-    img = api._prepare(api._frame_chw(frame, layout), mode, predictor.in_channels, channel, [1])
+    chw = api._frame_chw(frame, layout)
+    img = api._prepare(chw, mode, predictor.in_channels, channel, [1], floor)
     out = predictor.outputs(img)
     res = {}
     if out.seed is not None:

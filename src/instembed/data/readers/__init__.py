@@ -141,7 +141,9 @@ def open_dataset(path: str | os.PathLike, format: str = "auto", **kw) -> Reader:
 
     ``format``: ``"auto"`` (detect and log the choice) or one of :data:`FORMATS`. ``kw`` go to
     the reader: ``normalize`` (``"percentile"``/``"percentile_darkbg"``/``"range"``/``"none"``), ``channels``,
-    ``validate`` (``"header"``/``"full"``/``"none"``), ``skip_bad`` and the reader's own options.
+    ``min_range`` (floor on the percentile range, raw intensity units; 0 = off: see
+    :func:`instembed.data.normalize.percentile_normalize`), ``validate``
+    (``"header"``/``"full"``/``"none"``), ``skip_bad`` and the reader's own options.
     """
     if format == "auto":
         format, why = detect_format(path)

@@ -57,6 +57,7 @@ class Reader(Sequence):
         channels: int | None = None,
         validate: str = "header",
         skip_bad: bool = False,
+        min_range: float = 0.0,
     ) -> None:
         self.root = Path(root)
         if not self.root.exists():
@@ -66,6 +67,16 @@ class Reader(Sequence):
         if validate not in VALIDATE_MODES:
             raise ValueError(f"validate must be one of {VALIDATE_MODES}, got {validate!r}")
         self.normalize = normalize
+        # floor on the percentile range (raw intensity units; io.normalize_image), 0 = off
+        self.min_range = io.check_min_range(min_range, "min_range")
+        if self.min_range and not normalize.startswith("percentile"):
+            log.warning(
+                "%s: min_range=%g has no effect with normalize=%r (it floors the percentile "
+                "range of the 'percentile' modes only)",
+                self.root,
+                self.min_range,
+                normalize,
+            )
         self.channels = channels
         self.skip_bad = skip_bad
         self.bad: list[tuple[str, str]] = []
@@ -202,7 +213,7 @@ class Reader(Sequence):
         return [self._relative(p) for p in paths if not p.is_dir()]
 
     def _image(self, path: Path) -> tuple[np.ndarray, str]:
-        return io.load_image(path, self.normalize, self.channels)
+        return io.load_image(path, self.normalize, self.channels, min_range=self.min_range)
 
 
 # ---------------------------------------------------------------------------------------------
