@@ -45,6 +45,11 @@ def write_card(name: str) -> Path:
     m = info["val_metrics"]
     split = info["split"]
     model = cfg["model"]
+    # the heads and coord_scale sit at the top of older configs, under params in newer ones
+    net_params = {k: v for k, v in model["params"].items() if k not in ("heads", "coord_scale")}
+    heads = model.get("heads", model["params"].get("heads"))
+    coord_scale = model.get("coord_scale", model["params"].get("coord_scale"))
+    net_name = model["name"] + (f" ({model['backbone']})" if model.get("backbone") else "")
     n_params = info.get("n_params")
     if n_params is None:  # count the learned tensors of the shipped state dict
         state = ck.load_checkpoint(PRETRAINED / f"{name}.pt")["model"]
@@ -82,13 +87,23 @@ def write_card(name: str) -> Path:
         "",
         "## Recipe",
         "",
-        f"- network: `{model['name']}` {model['params']}, heads {model['heads']}, "
-        f"semi-convolutional (coord_scale {model['coord_scale']})"
+        f"- network: `{net_name}` {net_params}, heads {heads}, "
+        f"semi-convolutional (coord_scale {coord_scale})"
         + (f", {n_params:,} parameters" if n_params else ""),
         f"- loss: `{cfg['loss']['name']}` {cfg['loss']['params']} (spatial embeddings, Neven et "
         "al. 2019: learnable bandwidth, Lovasz hinge, seed regression)",
         f"- data: crops/augmentation {cfg['data']['augment']}, flips + rot90, batch "
-        f"{cfg['data']['batch_size']}, reader {cfg['data']['reader_params']}",
+        f"{cfg['data']['batch_size']}, reader {cfg['data']['reader_params']}"
+        + (
+            f", object centres: {cfg['data']['center']}"
+            if cfg["data"].get("center", "centroid") != "centroid"
+            else ""
+        )
+        + (
+            f", per-look sampling weights {cfg['data']['look_weights']}"
+            if cfg["data"].get("look_weights")
+            else ""
+        ),
         f"- optimiser: {cfg['optim']['optimizer']} lr {cfg['optim']['lr']}, "
         f"{cfg['optim']['schedule']} schedule, {cfg['run']['steps']} steps planned, "
         f"{info['steps']} done; checkpoint of step {info['best_step']} kept (of the in-training "

@@ -201,6 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--workdir", default=None, help="Cellpose model folder (default /tmp/...)")
     ap.add_argument("--out", default=None, help="JSON (default results/peer_cellpose_<ds>.json)")
+    ap.add_argument(
+        "--eval-only",
+        action="store_true",
+        help="skip training: score the weights of the run recorded in --out again (e.g. beside a "
+        "re-shipped instembed model, with its current reader options)",
+    )
     args = ap.parse_args(argv)
     set_threads(args.threads)
     import cellpose
@@ -222,7 +228,15 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     workdir = Path(args.workdir or f"/tmp/peer_cellpose/{args.dataset}")
-    model, facts = train_cellpose(train, budget, workdir, args.seed, args.budget_cpu)
+    out = Path(args.out) if args.out else HERE / "results" / f"peer_cellpose_{args.dataset}.json"
+    if args.eval_only:  # the recorded run's weights and facts; its training is not repeated
+        from cellpose import models
+
+        recorded = json.loads(out.read_text())
+        facts, budget = recorded["cellpose"], float(recorded["budget_s"])
+        model = models.CellposeModel(gpu=False, pretrained_model=facts["weights"])
+    else:
+        model, facts = train_cellpose(train, budget, workdir, args.seed, args.budget_cpu)
     print(f"trained: {facts}", flush=True)
     cp_pred, cp_s = predict_cellpose(model, scored)
     ie_pred, ie_s = predict_instembed(name, scored)
@@ -268,7 +282,6 @@ def main(argv: list[str] | None = None) -> int:
         "reference": "Stringer et al., Cellpose: a generalist algorithm for cellular "
         "segmentation, Nature Methods 2021",
     }
-    out = Path(args.out) if args.out else HERE / "results" / f"peer_cellpose_{args.dataset}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     print_table(result)

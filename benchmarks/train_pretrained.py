@@ -265,7 +265,9 @@ def main(argv: list[str] | None = None) -> int:
         args.note = args.note or shipped.get("note")
     if args.init is not None and (PRETRAINED / f"{args.init}.json").is_file():
         d = json.loads((PRETRAINED / f"{args.init}.json").read_text())
-        prior = {"model": args.init, "steps": d["steps"], "train_seconds": d["train_seconds"]}
+        # all the steps and time behind those weights (their own warm start included)
+        steps_before = d["steps"] + (d["init"]["steps"] if d.get("init") else 0)
+        prior = {"model": args.init, "steps": steps_before, "train_seconds": d["train_seconds"]}
     if args.finish:  # training already done in --out: only select, tune and ship
         steps, train_s = finished_run(out)
     else:

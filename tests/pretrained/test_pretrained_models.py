@@ -30,11 +30,13 @@ NAMES = ["bbbc039-nuclei", "dsb2018-nuclei", "bbbc010-worms"]
 # AP_dsb@0.5 (TP / (TP + FP + FN) at IoU 0.5, one-to-one matching) on one real image;
 # measured values when the models were shipped are in the comments.
 MIN_AP_DSB_STARDIST = {
-    "bbbc039-nuclei": 0.65,  # measured: 0.732 (114 predicted, 125 true nuclei)
-    "dsb2018-nuclei": 0.70,  # measured: 0.794 (110 predicted, 125 true nuclei)
+    "bbbc039-nuclei": 0.70,  # measured: 0.744 (107 predicted, 125 true nuclei)
+    "dsb2018-nuclei": 0.70,  # measured: 0.762 (104 predicted, 125 true nuclei); was 0.794
 }
-# measured: 0.824 on well A04 (16 predicted overlapping masks, 15 true worms)
-MIN_AP_DSB_WORMS = 0.72
+# measured: 0.867 on well A04 (13 predicted worms, 15 true worms)
+MIN_AP_DSB_WORMS = 0.80
+# objects the BBBC039 model may find on its three fields without nuclei (measured: 7 in all)
+MAX_OBJECTS_ON_EMPTY_FIELDS = 10
 
 
 @pytest.fixture(scope="module")
@@ -92,11 +94,13 @@ def _stardist(shared_data):
 @pytest.mark.parametrize("name", sorted(MIN_AP_DSB_STARDIST))
 def test_nuclei_model_on_stardist_example(shared_data, predictors, name):
     from instembed.data.io import load_image
+    from instembed.data.normalize import model_normalization
 
     path, _, gt = _stardist(shared_data)
     predictor = predictors(name)
     # the model's own input normalisation (as `instembed predict` applies it)
-    image, _ = load_image(path, predictor.cfg.data.reader_params["normalize"], channels=1)
+    mode, min_range = model_normalization(predictor.cfg.data.reader_params)
+    image, _ = load_image(path, mode, channels=1, min_range=min_range)
     pred = predictor(image)
     m = evaluate_image(gt, pred.labels, scores=pred.scores)
     assert m["AP_dsb@0.5"] >= MIN_AP_DSB_STARDIST[name], m["AP_dsb@0.5"]
@@ -132,12 +136,14 @@ def test_cli_predict_by_name_writes_the_predictors_labels(shared_data, predictor
     assert written.max() > 0
 
 
-def test_cli_predict_worms_writes_an_overlapping_mask_stack(shared_data, predictors, tmp_path):
-    """The worm model predicts overlapping worms: `instembed predict` writes a (N, H, W) mask
-    stack equal to the Predictor's masks, and it scores like the library's prediction."""
+def test_cli_predict_worms_writes_an_overlapping_mask_stack(shared_data, tmp_path):
+    """Overlapping worms on request: `instembed predict --cluster overlap_thresh=0.5` writes a
+    (N, H, W) mask stack equal to the Predictor's masks with the same clustering. (The shipped
+    model's own setting is what its val split preferred: see its card.)"""
     import tifffile
 
     from instembed.cli import main
+    from instembed.commands.predict import apply_cluster_overrides
     from instembed.data.io import read_labels
     from instembed.data.readers import open_dataset
     from instembed.data.splits import split_dataset
@@ -146,14 +152,40 @@ def test_cli_predict_worms_writes_an_overlapping_mask_stack(shared_data, predict
     sample = split_dataset(reader, "bbbc010")[1][0]
     path = sample.path
     rc = main(
-        ["predict", "--model", "bbbc010-worms", str(path), "--out", str(tmp_path), "--no-progress"]
+        ["predict", "--model", "bbbc010-worms", str(path), "--out", str(tmp_path)]
+        + ["--no-progress", "--cluster", "overlap_thresh=0.5"]
     )
     assert rc == 0
     stem = Path(path).stem
     written = read_labels(tmp_path / f"{stem}.tif")
-    expected = predictors("bbbc010-worms")(sample.image)
-    assert expected.masks is not None, "the shipped worm model should predict overlapping masks"
+    predictor = Predictor.from_spec("bbbc010-worms", device="cpu")
+    predictor.cluster = apply_cluster_overrides(predictor.cluster, ["overlap_thresh=0.5"])
+    expected = predictor(sample.image)
+    assert expected.masks is not None, "overlap_thresh=0.5 should give overlapping masks"
     assert written.ndim == 3 and written.dtype == bool
     np.testing.assert_array_equal(written, expected.masks)
     assert tifffile.imread(tmp_path / f"{stem}.tif").shape == expected.masks.shape
     assert int((written.sum(0) > 1).sum()) > 0  # some pixels do belong to two worms
+
+
+def test_nuclei_model_on_the_empty_bbbc039_fields(shared_data):
+    """BBBC039 holds three fields without a nucleus (their mask PNGs are the smallest files,
+    checked empty here). Percentile-normalised without a floor, their camera noise fills 0..1
+    and the model finds dozens of false nuclei; the shipped config's ``min_range`` floor shows
+    it a dark field. Measured when shipped: 60 / 11 / 19 objects without the floor, 7 / 0 / 0
+    with it."""
+    import os
+
+    from instembed.data.io import read_image
+
+    root = shared_data("bbbc039") / "cell nuclei"
+    masks = sorted((root / "masks").glob("*.png"), key=lambda p: (os.path.getsize(p), p.name))
+    empty = [m for m in masks[:3] if not read_image(m)[..., 0].any()]
+    assert len(empty) == 3
+    plain = floored = 0
+    for m in empty:
+        path = root / "images" / f"{m.stem}.tif"
+        plain += len(instembed.segment(path, model="bbbc039-nuclei", min_range=0))
+        floored += len(instembed.segment(path, model="bbbc039-nuclei"))
+    assert floored <= MAX_OBJECTS_ON_EMPTY_FIELDS, floored
+    assert plain >= 5 * max(floored, 1), (plain, floored)
