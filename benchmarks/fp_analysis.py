@@ -38,9 +38,9 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"
 
 import argparse  # noqa: E402
-import hashlib  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -48,6 +48,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from train_pretrained import data_root, sha256_file  # noqa: E402
+
 REPO = HERE.parent
 PRETRAINED = REPO / "src" / "instembed" / "pretrained"
 SHIPPED = {"bbbc039": "bbbc039-nuclei", "dsb2018": "dsb2018-nuclei", "bbbc010": "bbbc010-worms"}
@@ -56,18 +59,6 @@ FP_CATEGORIES = ("spurious", "mostly background", "merge", "split", "poor shape"
 FN_CATEGORIES = ("missed", "merged", "split", "below 0.5")
 MIN_SIZE_FRACTIONS = (0.05, 0.1, 0.2)
 MIN_MEAN_SEEDS = (0.6, 0.7, 0.75)
-
-
-def data_root() -> Path:
-    return Path(os.environ.get("INSTEMBED_DATA", REPO.parent / "shared" / "data"))
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- data, outputs
