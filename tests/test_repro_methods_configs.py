@@ -49,9 +49,9 @@ EXPECTED = {
 # (depth, width, sigma_init) of each base config's U-Net
 BACKBONE = {"bbbc039": (3, 16, 0.15), "dsb2018": (4, 16, 0.15), "bbbc010": (4, 16, 0.5)}
 CARD = {  # the shipped clusterers (src/instembed/pretrained/<model>.json)
-    "bbbc039": {"fg_thresh": 0.3, "seed_thresh": 0.8, "prob_thresh": 0.3, "min_size": 16},
-    "dsb2018": {"fg_thresh": 0.3, "seed_thresh": 0.8, "prob_thresh": 0.3, "min_size": 16},
-    "bbbc010": {"fg_thresh": 0.4, "seed_thresh": 0.8, "prob_thresh": 0.3, "min_size": 64},
+    "bbbc039": {"fg_thresh": 0.3, "seed_thresh": 0.875, "prob_thresh": 0.3, "min_size": 16},
+    "dsb2018": {"fg_thresh": 0.3, "seed_thresh": 0.85, "prob_thresh": 0.3, "min_size": 16},
+    "bbbc010": {"fg_thresh": 0.3, "seed_thresh": 0.9, "prob_thresh": 0.5, "min_size": 64},
 }
 MIN_SIZE = {"bbbc039": 16, "dsb2018": 16, "bbbc010": 64}
 

@@ -211,9 +211,9 @@ def test_predict_channel_is_passed_to_load_image(tmp_path, capsys, monkeypatch):
     seen = []
     real = io.load_image
 
-    def spy(path, normalize="percentile", channels=None, channel=None):
+    def spy(path, normalize="percentile", channels=None, channel=None, min_range=0.0):
         seen.append(channel)
-        return real(path, normalize, channels=channels, channel=channel)
+        return real(path, normalize, channels=channels, channel=channel, min_range=min_range)
 
     monkeypatch.setattr(io, "load_image", spy)
     args = ["predict", str(img), "--model", str(ckpt), "--no-progress", "--threads", "1"]

@@ -22,9 +22,9 @@ STARDIST_IMAGE = "stardist/data/images/img2d.tif"
 BBBC010_WELL = "A04"
 
 
-def predict_cli(out, model, *inputs):
+def predict_cli(out, model, *inputs, extra=()):
     """``instembed predict`` in-process on CPU into ``out``; the written files by stem."""
-    args = ["predict", "--model", model, *map(str, inputs), "--out", str(out)]
+    args = ["predict", "--model", model, *map(str, inputs), "--out", str(out), *extra]
     assert main(args + ["--no-progress", "--no-overlay", "--device", "cpu"]) == 0
     return {p.stem: p for p in out.glob("*.tif")}
 
@@ -76,10 +76,14 @@ def test_a_stack_of_frames_gives_one_result_per_frame_as_predict_per_file(img2d,
 
 def test_worm_model_returns_the_mask_stack_predict_writes(shared_data, tmp_path):
     (image,) = (shared_data("bbbc010") / "BBBC010_v1_images").glob(f"*_{BBBC010_WELL}_w2_*.tif")
-    tif = predict_cli(tmp_path / "pred", "bbbc010-worms", image)[image.stem]
+    # overlapping worms on request (the shipped clustering gives one worm per pixel)
+    over = ["--cluster", "overlap_thresh=0.5"]
+    tif = predict_cli(tmp_path / "pred", "bbbc010-worms", image, extra=over)[image.stem]
     want = tifffile.imread(tif)
     assert want.ndim == 3  # a mask stack: worms overlap
-    res = instembed.segment(tifffile.imread(image), "bbbc010-worms", device="cpu")
+    res = instembed.segment(
+        tifffile.imread(image), "bbbc010-worms", device="cpu", cluster={"overlap_thresh": 0.5}
+    )
     assert res.masks is not None and res.masks.dtype == bool
     np.testing.assert_array_equal(res.masks, want > 0)
     np.testing.assert_array_equal(res.masks_or_labels, want > 0)

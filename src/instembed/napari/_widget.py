@@ -186,7 +186,11 @@ class SegmentWidget(Container):
             if isinstance(value, int):
                 box = SpinBox(name=name, min=0, max=10**9, value=value)
             else:
-                box = FloatSpinBox(name=name, min=0.0, max=1e6, step=0.05, value=value)
+                # the step sets the box's decimals: fine enough to show the value unrounded
+                # (a tuned 0.875 shown as 0.88 would be an override the user never made)
+                digits = len(f"{value:.6g}".partition(".")[2])
+                step = 0.05 if digits <= 2 else 10.0**-digits
+                box = FloatSpinBox(name=name, min=0.0, max=1e6, step=step, value=value)
             box.tooltip = f"{info.method} {name}; the model's value: {value}"
             self.cluster.append(box)
         self.overlaps.visible = info.overlapping
