@@ -146,7 +146,9 @@ def train_cellpose(train, budget_s: float, workdir: Path, seed: int, budget_cpu:
         "diam_labels": float(trained.diam_labels),
         "thresholds": {"flow_threshold": 0.4, "cellprob_threshold": 0.0},
         "weights": str(path),
+        "budget_s": budget_s,
     }
+    (workdir / "train_facts.json").write_text(json.dumps(facts, indent=1))
     return trained, facts
 
 
@@ -204,8 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--eval-only",
         action="store_true",
-        help="skip training: score the weights of the run recorded in --out again (e.g. beside a "
-        "re-shipped instembed model, with its current reader options)",
+        help="skip training: score the run finished in --workdir again (its train_facts.json; "
+        "e.g. beside a re-shipped instembed model, with its current reader options)",
     )
     args = ap.parse_args(argv)
     set_threads(args.threads)
@@ -232,8 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.eval_only:  # the recorded run's weights and facts; its training is not repeated
         from cellpose import models
 
-        recorded = json.loads(out.read_text())
-        facts, budget = recorded["cellpose"], float(recorded["budget_s"])
+        facts = json.loads((workdir / "train_facts.json").read_text())
+        budget = float(facts.get("budget_s", budget))
         model = models.CellposeModel(gpu=False, pretrained_model=facts["weights"])
     else:
         model, facts = train_cellpose(train, budget, workdir, args.seed, args.budget_cpu)
