@@ -495,7 +495,9 @@ def section_peers_trained(results: Path) -> list[str]:
         lines += [
             "",
             f"Script: `{r['script']}`; metrics: `{r['metrics_from']}`. Peer training budget "
-            f"{r['budget_s'] / 60:.1f} min wall-clock on one thread ({how}; {peer.get('epochs')} "
+            f"{r['budget_s'] / 60:.1f} min "
+            f"{'of CPU time' if 'CPU' in str(peer.get('budget_clock', '')) else 'wall-clock'} "
+            f"on one thread ({how}; {peer.get('epochs')} "
             f"epoch(s), {peer.get('steps')} steps done, stopped by the budget: "
             f"{peer.get('stopped_by_budget')}{cpu}); {thr}. The instembed row is the shipped "
             f"model as it is (its recorded training). Machine: {r['machine']}. Caveat: "

@@ -221,7 +221,11 @@ def peer_table(info: dict) -> list[str]:
             continue
         if not rows:
             rows.append(r["rows"][0])
-        rows += r["rows"][1:]
+        facts = r.get("stardist") or r.get("cellpose") or {}
+        for x in r["rows"][1:]:
+            cpu = facts.get("train_cpu_seconds")
+            wall = f"{x['train_seconds'] / 60:.0f} min"
+            rows.append({**x, "training": f"{cpu / 60:.0f} CPU-min ({wall} wall)" if cpu else wall})
         scripts.append(f"`{r['script']}`")
     if not rows:
         return []
@@ -236,7 +240,7 @@ def peer_table(info: dict) -> list[str]:
         lines.append(
             f"| {x['method']} | {x['AP_dsb@0.5']:.3f} | {x['AP_dsb@0.5:0.95']:.3f} | {x['AP']:.3f} "
             f"| {x['FP_per_image@0.5']:.2f} | {x['s_per_image']:.2f} | "
-            f"{x['train_seconds'] / 60:.0f} min |"
+            f"{x.get('training') or str(round(x['train_seconds'] / 60)) + ' min'} |"
         )
     return lines + [
         "",
