@@ -56,6 +56,7 @@ _FILLED = {
     "offset_weights",
     "semantic_weights",
     "pixel_weights",
+    "instance_masks",
 }
 
 

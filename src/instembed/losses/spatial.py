@@ -19,6 +19,14 @@ with ``semiconv=True``; ``coord_scale`` must match the model's). For instance S_
                 phi detached, N = non-ignored pixels of the image
     L         = w_instance L_inst + w_smooth L_smooth + w_seed L_seed
 
+Overlapping ground truth (mask stacks such as BBBC010's worms): the label image gives pixels of
+several masks to none and ignores them (``overlaps="ignore"``, the default). With
+``overlaps="full"`` and the batch's ``instance_masks``, those pixels take part again: the mask of
+S_k in L_inst is instance k's *full* mask, and a pixel of several masks gets the seed target
+max_k phi_k(e_i) (the bandwidth terms still average over the pixels of one mask only). A pixel
+has one embedding, so it cannot lie at two centres: "full" asks each worm's Gaussian to reach over
+the crossing as far as its margin allows, instead of leaving the crossing unsupervised.
+
 The weights the paper leaves open follow the authors' released training code: w_instance = 1,
 w_smooth = 10, w_seed = 1, w_fg = 1 (10 in their Cityscapes car setting). ``outputs.sigma`` is
 sigma itself (> 0, in embedding units). Batch reduction: mean over images; an image without
@@ -83,13 +91,21 @@ def spatial_embedding_loss(
     w_seed: float = 1.0,
     foreground_weight: float = 1.0,
     centres: list[torch.Tensor] | None = None,
+    overlaps: str = "ignore",
+    instance_masks: list[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """embedding (B, E >= 2, H, W) with coordinates added; sigma (B, S, H, W) S in {1, 2};
     seed (B, 1, H, W) in [0, 1]; labels (B, H, W); ``centres`` (optional) one (N_i, 2) tensor
     of (y, x) pixel centres per image, row k - 1 for label k, in the image's (crop's) pixel
-    coordinates. Returns ``(total, {"instance", "smooth", "seed"})``."""
+    coordinates. ``overlaps="full"``: ``instance_masks`` (one (N_i, H, W) bool tensor per image,
+    row k - 1 = instance k of ``labels``) are the instances' masks, pixels of several masks
+    included (module docstring). Returns ``(total, {"instance", "smooth", "seed"})``."""
     if center not in ("centroid", "mean_embedding"):
         raise ValueError(f"center must be 'centroid' or 'mean_embedding', got {center!r}")
+    if overlaps not in ("ignore", "full"):
+        raise ValueError(f"overlaps must be 'ignore' or 'full', got {overlaps!r}")
+    if overlaps == "full" and instance_masks is None:
+        raise ValueError("overlaps='full' needs the batch's instance_masks (one per image)")
     check_spatial(embedding, labels, "embedding")
     check_spatial(sigma, labels, "sigma")
     check_spatial(seed, labels, "seed")
@@ -124,6 +140,9 @@ def spatial_embedding_loss(
     valid = torch.ones(b, h * w, dtype=torch.bool, device=labels.device)
     if ignore is not None:
         valid &= ~ignore.reshape(b, -1).bool()
+    full = _full_masks(instance_masks, b, (h, w), labels.device) if overlaps == "full" else None
+    if full is not None:  # the pixels of several masks take part again
+        valid |= torch.stack([m.sum(0).reshape(-1) > 1 for m in full])
     flat_e = e2.reshape(b, 2, -1)
     flat_s = seed.reshape(b, -1)
     flat_l = labels.reshape(b, -1)
@@ -145,10 +164,14 @@ def spatial_embedding_loss(
         d2 = ((ev.unsqueeze(0) - c.unsqueeze(1)) ** 2 / (2 * s.unsqueeze(1) ** 2)).sum(-1)
         phi = torch.exp(-d2)  # (K, Pv)
         lab_v = flat_l[i][v]
-        gt = lab_v.unsqueeze(0) == segs.seg_label[k_idx].unsqueeze(1)  # (K, Pv)
+        if full is None:
+            gt = lab_v.unsqueeze(0) == segs.seg_label[k_idx].unsqueeze(1)  # (K, Pv)
+        else:  # instance k's whole mask (row k - 1), overlaps included
+            gt = full[i].reshape(full[i].shape[0], -1)[segs.seg_label[k_idx].long() - 1][:, v]
         inst.append(lovasz_hinge_rows(2 * phi - 1, gt).mean())
         smooth.append(smooth_k[k_idx].mean())
-        phi_own = (phi.detach() * gt).sum(0)  # phi of each fg pixel's own instance, 0 on bg
+        # phi of each fg pixel's own instance (the largest of its masks'), 0 on bg
+        phi_own = (phi.detach() * gt).amax(0)
         fg = gt.any(0)
         per_px = torch.where(fg, foreground_weight * (sv - phi_own) ** 2, seed_sq)
         seed_t.append(per_px.sum() / n_valid)
@@ -159,6 +182,23 @@ def spatial_embedding_loss(
     }
     total = w_instance * terms["instance"] + w_smooth * terms["smooth"] + w_seed * terms["seed"]
     return total + 0.0 * (embedding.sum() + sigma.sum()), terms
+
+
+def _full_masks(masks, b: int, size: tuple[int, int], device) -> list[torch.Tensor]:
+    """The batch's ``instance_masks`` checked: one (N_i, H, W) bool tensor per image."""
+    if len(masks) != b:
+        raise ValueError(
+            f"instance_masks: expected one (N, H, W) tensor per image ({b}), got {len(masks)}"
+        )
+    out = []
+    for i, m in enumerate(masks):
+        m = torch.as_tensor(m, device=device).bool()
+        if m.ndim != 3 or tuple(m.shape[1:]) != tuple(size):
+            raise ValueError(
+                f"instance_masks[{i}]: expected (N, {size[0]}, {size[1]}), got {tuple(m.shape)}"
+            )
+        out.append(m)
+    return out
 
 
 class SpatialEmbeddingLoss(nn.Module):
@@ -196,5 +236,6 @@ class SpatialEmbeddingLoss(nn.Module):
             ignore=batch.get("ignore"),
             coords_origin=batch.get("coords_origin"),
             centres=batch.get("centres"),
+            instance_masks=batch.get("instance_masks"),
             **self.params,
         )
