@@ -212,13 +212,22 @@ def history_table(rows: list[dict] | None) -> list[str]:
 
 def peer_table(info: dict) -> list[str]:
     """Peers trained beside this model (``benchmarks/results/peer_*<dataset>.json`` written by
-    ``benchmarks/peer_*.py``) that scored this very version (same sha256)."""
+    ``benchmarks/peer_*.py``): those that scored this very version (same sha256), then those that
+    scored an earlier version of the card's history, each group under its own heading (a peer's
+    budget is that of the version it was trained beside). Smoke tests and runs against a sha
+    the card does not know are left out."""
     results = REPO / "benchmarks" / "results"
-    rows, scripts = [], []
+    versions = {h["sha256"]: h["version"] for h in info.get("history") or [] if h.get("sha256")}
+    this = versions.get(info["sha256"])
+    groups: dict[int | None, tuple[list, list]] = {}
     for path in sorted(results.glob(f"peer_*{info['dataset']}.json")):
         r = json.loads(path.read_text())
-        if r.get("smoke_test") or r["shipped_model"]["sha256"] != info["sha256"]:
+        sha = r["shipped_model"]["sha256"]
+        if r.get("smoke_test") or (sha != info["sha256"] and sha not in versions):
             continue
+        rows, scripts = groups.setdefault(
+            None if sha == info["sha256"] else versions[sha], ([], [])
+        )
         if not rows:
             rows.append(r["rows"][0])
         facts = r.get("stardist") or r.get("cellpose") or {}
@@ -227,28 +236,38 @@ def peer_table(info: dict) -> list[str]:
             wall = f"{x['train_seconds'] / 60:.0f} min"
             rows.append({**x, "training": f"{cpu / 60:.0f} CPU-min ({wall} wall)" if cpu else wall})
         scripts.append(f"`{r['script']}`")
-    if not rows:
-        return []
-    lines = [
-        "## Peers trained on the same images with the same CPU budget (val split)",
-        "",
-        "| method | AP_dsb@0.5 | mean AP_dsb@0.5:0.95 | COCO AP | FP / image @0.5 | s / image "
-        "| training |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for x in rows:
-        lines.append(
-            f"| {x['method']} | {x['AP_dsb@0.5']:.3f} | {x['AP_dsb@0.5:0.95']:.3f} | {x['AP']:.3f} "
-            f"| {x['FP_per_image@0.5']:.2f} | {x['s_per_image']:.2f} | "
-            f"{x.get('training') or str(round(x['train_seconds'] / 60)) + ' min'} |"
-        )
-    return lines + [
-        "",
-        "Scored with instembed's metrics, one thread, whole images; scripts: "
-        + ", ".join(scripts)
-        + " (details in `benchmarks/RESULTS.md`).",
-        "",
-    ]
+    lines: list[str] = []
+    order = sorted(groups, key=lambda v: (v is not None, -(v or 0)))
+    for version in order:
+        rows, scripts = groups[version]
+        title = "Peers trained on the same images with the same CPU budget (val split)"
+        if version is not None:
+            title = (
+                f"Peers trained beside version {version} with its CPU budget (val split; the "
+                f"instembed row is version {version}"
+                + (f", not this version {this})" if this else ", not this version)")
+            )
+        lines += [
+            f"## {title}",
+            "",
+            "| method | AP_dsb@0.5 | mean AP_dsb@0.5:0.95 | COCO AP | FP / image @0.5 | s / image "
+            "| training |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for x in rows:
+            lines.append(
+                f"| {x['method']} | {x['AP_dsb@0.5']:.3f} | {x['AP_dsb@0.5:0.95']:.3f} "
+                f"| {x['AP']:.3f} | {x['FP_per_image@0.5']:.2f} | {x['s_per_image']:.2f} | "
+                f"{x.get('training') or str(round(x['train_seconds'] / 60)) + ' min'} |"
+            )
+        lines += [
+            "",
+            "Scored with instembed's metrics, one thread, whole images; scripts: "
+            + ", ".join(scripts)
+            + " (details in `benchmarks/RESULTS.md`).",
+            "",
+        ]
+    return lines
 
 
 def look_table(by_look: dict | None) -> list[str]:

@@ -386,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
             {"name": args.name, **summary["val_metrics"], "train_s": summary["train_seconds"]}
         )
     )
+    if not args.ship:  # easy to forget after a long re-tune: say where the result went
+        print(f"not shipped (no --ship): the summary is in {out / 'summary.json'}")
     return 0
 
 

@@ -92,3 +92,43 @@ def test_peer_table_shows_only_full_runs_of_this_version(folders):
     # model and the smoke test are left out
     assert methods[1:] == ["instembed", "stardist", "cellpose"]
     assert "| 0.880 |" in lines[5] and "| 2.00 | 0.30 | 35 min |" in lines[5]
+
+
+def test_peer_table_keeps_peers_of_an_earlier_version_under_their_own_heading(folders):
+    _, res = folders
+
+    def peer(sha, ie_ap, name, peer_ap):
+        rows = [
+            {
+                "method": m,
+                "AP_dsb@0.5": ap,
+                "AP_dsb@0.5:0.95": 0.7,
+                "AP": 0.6,
+                "FP_per_image@0.5": 2.0,
+                "s_per_image": 0.3,
+                "train_seconds": 600.0,
+            }
+            for m, ap in (("instembed", ie_ap), (name, peer_ap))
+        ]
+        return {"script": f"{name}.py", "shipped_model": {"sha256": sha}, "rows": rows}
+
+    # version 2 (sha f) is shipped; StarDist was trained beside version 1 (sha e) and scored it
+    this = card("f" * 64, 400, 1000, 0.93, 2.0)
+    this["history"] = [
+        {"version": 1, "sha256": "e" * 64},
+        {"version": 2, "sha256": "f" * 64},
+    ]
+    (res / "peer_bbbc039.json").write_text(json.dumps(peer("e" * 64, 0.90, "stardist", 0.77)))
+    (res / "peer_unknown_bbbc039.json").write_text(json.dumps(peer("9" * 64, 0.5, "x", 0.5)))
+    lines = mc.peer_table(this)
+    headings = [ln for ln in lines if ln.startswith("## ")]
+    assert len(headings) == 1 and "beside version 1" in headings[0]
+    assert "not this version 2" in headings[0]
+    body = [ln for ln in lines if ln.startswith("| ") and "---" not in ln][1:]
+    assert [ln.split(" | ")[0].lstrip("| ") for ln in body] == ["instembed", "stardist"]
+    assert "| 0.900 |" in body[0] and "| 0.770 |" in body[1]
+    # a run beside this very version comes first, under the same-budget heading
+    (res / "peer_cellpose_bbbc039.json").write_text(json.dumps(peer("f" * 64, 0.93, "cp", 0.8)))
+    headings = [ln for ln in mc.peer_table(this) if ln.startswith("## ")]
+    assert len(headings) == 2 and "same CPU budget" in headings[0]
+    assert "beside version 1" in headings[1]
