@@ -565,6 +565,11 @@ def main(argv: list[str] | None = None) -> int:
     lines += section_instance_fcn(results)
     lines += section_recurrent(results)
     lines += section_false_positives(results)
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+    from training_stages import section as section_training_stages
+
+    lines += section_training_stages(results)
     lines += section_peers_trained(results)
     lines += [PEER]
     Path(args.out).write_text("\n".join(lines))
