@@ -19,7 +19,10 @@ memory, but computed from per-window statistics (:func:`window_stats`, merged by
 :class:`StatsAccumulator`): exact for 8 / 16-bit unsigned images (a histogram of every pixel, the
 method of :func:`~instembed.data.normalize.percentile_normalize`), and from a regular grid sample
 of at most ``max_sample`` pixels for other dtypes (exact while the image has no more pixels than
-that). ``"percentile_darkbg"`` decides the inversion from the median of the sample.
+that). ``"percentile_darkbg"`` decides the inversion from the median of the sample;
+``"percentile_unsaturated"`` takes the high percentile below a saturation plateau by the rule
+of :func:`~instembed.data.normalize.unsaturated_high`, with the image's maximum from the
+histogram (exact) or the sample.
 ``"range"`` and ``"none"`` are per pixel and need no statistics. ``min_range`` floors the
 whole-image percentile range (raw intensity units) as ``normalize_image``'s ``min_range`` does.
 """
@@ -35,7 +38,13 @@ from pathlib import Path
 import numpy as np
 
 from instembed.data.errors import ImageReadError
-from instembed.data.normalize import NORMALIZATIONS, check_min_range, normalize_image
+from instembed.data.normalize import (
+    NORMALIZATIONS,
+    check_min_range,
+    hist_percentiles,
+    normalize_image,
+    unsaturated_high,
+)
 
 log = logging.getLogger(__name__)
 
@@ -275,17 +284,6 @@ def window_stats(lazy: LazyImage, y0: int, y1: int, x0: int, x1: int, stride: in
     return out
 
 
-def _hist_percentile(cum: np.ndarray, q: float) -> float:
-    """numpy.percentile (method 'linear') from a cumulative histogram, as
-    :func:`instembed.data.normalize.percentile_normalize` computes it."""
-    n = int(cum[-1])
-    pos = q / 100.0 * (n - 1)
-    k = int(np.floor(pos))
-    a = int(np.searchsorted(cum, k, side="right"))
-    b = int(np.searchsorted(cum, min(k + 1, n - 1), side="right"))
-    return a + (pos - k) * (b - a)
-
-
 @dataclass
 class GlobalNorm:
     """One normalisation for every window of an image: ``mode`` of
@@ -366,14 +364,18 @@ class StatsAccumulator:
         if mode in ("range", "none"):
             return GlobalNorm(mode, min_range=min_range)
         sample = np.concatenate(self.samples, axis=1)
+        unsat = mode == "percentile_unsaturated"
         if self.all_hist and self.hist is not None:
-            cum = np.cumsum(self.hist, axis=1)
-            lo = np.array([[_hist_percentile(c, low)] for c in cum], np.float64)[:, :, None]
-            hi = np.array([[_hist_percentile(c, high)] for c in cum], np.float64)[:, :, None]
+            pct = np.array([hist_percentiles(h, low, high, unsat) for h in self.hist], np.float64)
+            lo, hi = pct[:, 0, None, None], pct[:, 1, None, None]
         else:
-            pct = np.percentile(sample.astype(np.float32), [low, high], axis=1, keepdims=True)
+            values = sample.astype(np.float32)
+            pct = np.percentile(values, [low, high], axis=1, keepdims=True)
             lo, hi = pct[0][:, :, None], pct[1][:, :, None]
-        norm = GlobalNorm("percentile", lo, hi, min_range=min_range)
+            if unsat:
+                hi = np.array([unsaturated_high(v, h, high) for v, h in zip(values, hi.ravel())])
+                hi = hi.astype(np.float64)[:, None, None]
+        norm = GlobalNorm(mode, lo, hi, min_range=min_range)  # darkbg: inverted below if need be
         if mode == "percentile_darkbg":
             gray = norm.apply(sample[:, None, :]).mean(0)
             invert = bool(gray.size and np.median(gray) > 0.5)

@@ -10,6 +10,13 @@ stretched to 0..1 but stays near 0 (its noise spans about ``range / min_range``)
 :func:`model_normalization` reads a model's ``(mode, min_range)`` from its reader options: every
 place that normalises with the model's setting (predict, :func:`instembed.segment`, the
 block-wise path, the bioimage.io package, napari) takes it from there.
+
+``"percentile_unsaturated"`` guards the high percentile against a saturation plateau: when the
+99.8th percentile of a channel equals its maximum M (more than 0.2 % of the pixels at M, e.g. a
+bright artifact clipped at the camera's 4095) while some pixels lie below M, it is taken from
+the pixels below M instead. Otherwise the plateau would set the scale, and the objects would
+come out several times dimmer than in images without one. Below the plateau the mode equals
+``"percentile"`` bit for bit; the saturated pixels end up above 1.
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ def percentile_normalize(
     per_channel: bool = True,
     eps: float = 1e-6,
     min_range: float = 0.0,
+    unsaturated: bool = False,
 ) -> np.ndarray:
     """Map the ``low``/``high`` percentiles of ``image`` (C, H, W) to 0/1 (float32, not clipped).
 
@@ -62,6 +70,11 @@ def percentile_normalize(
     ``min_range`` (raw intensity units, >= 0) floors the denominator, per channel:
     ``(x - lo) / max(hi - lo, min_range, eps)``. With 0 (the default), or for a channel whose
     ``hi - lo`` is above it, the result is bit for bit the one without the floor.
+
+    ``unsaturated``: a ``high`` percentile equal to the channel's maximum M is replaced by the
+    ``high`` percentile of the pixels below M, when there are any (:func:`unsaturated_high`;
+    the ``"percentile_unsaturated"`` mode). A channel whose ``high`` percentile is below M is
+    normalised exactly as without it.
     """
     floor = max(float(eps), check_min_range(min_range))
     image = np.asarray(image)
@@ -76,27 +89,57 @@ def percentile_normalize(
         lo = np.empty((len(chans), 1, 1), np.float64)
         hi = np.empty_like(lo)
         for c, v in enumerate(chans):
-            lo[c], hi[c] = _hist_percentiles(v, (low, high))
+            lo[c], hi[c] = hist_percentiles(np.bincount(v), low, high, unsaturated)
         if not (per_channel and image.ndim == 3):
             lo, hi = lo[0], hi[0]
     else:
-        axes = tuple(range(1, x.ndim)) if per_channel and x.ndim == 3 else None
+        per = per_channel and x.ndim == 3
+        axes = tuple(range(1, x.ndim)) if per else None
         lo, hi = np.percentile(x, [low, high], axis=axes, keepdims=True)
+        if unsaturated and x.size:
+            rows = x.reshape(x.shape[0], -1) if per else x.reshape(1, -1)
+            his = hi.reshape(-1).copy()
+            for c, v in enumerate(rows):
+                his[c] = unsaturated_high(v, his[c], high)
+            hi = his.reshape(hi.shape)
     return ((x - lo) / np.maximum(hi - lo, floor)).astype(np.float32)
 
 
-def _hist_percentiles(values: np.ndarray, qs) -> list[float]:
-    """numpy.percentile(values, q) (method 'linear') for small non-negative integers."""
-    cum = np.cumsum(np.bincount(values))
+def _cum_percentile(cum: np.ndarray, q: float) -> float:
+    """numpy.percentile (method 'linear') of the pixels counted by the cumulative histogram
+    ``cum`` (``cum[v]``: the number of pixels <= v)."""
     n = int(cum[-1])
-    out = []
-    for q in qs:
-        pos = q / 100.0 * (n - 1)
-        k = int(np.floor(pos))
-        a = int(np.searchsorted(cum, k, side="right"))  # value at sorted index k
-        b = int(np.searchsorted(cum, min(k + 1, n - 1), side="right"))
-        out.append(a + (pos - k) * (b - a))
-    return out
+    pos = q / 100.0 * (n - 1)
+    k = int(np.floor(pos))
+    a = int(np.searchsorted(cum, k, side="right"))  # value at sorted index k
+    b = int(np.searchsorted(cum, min(k + 1, n - 1), side="right"))
+    return a + (pos - k) * (b - a)
+
+
+def hist_percentiles(
+    counts: np.ndarray, low: float, high: float, unsaturated: bool = False
+) -> tuple[float, float]:
+    """``numpy.percentile(values, [low, high])`` (method 'linear'), exact, from the histogram
+    of small non-negative integers (``counts[v]``: how many pixels have the value v; trailing
+    empty bins allowed). ``unsaturated``: the rule of :func:`unsaturated_high`, with M the
+    highest non-empty bin."""
+    cum = np.cumsum(counts)
+    lo, hi = _cum_percentile(cum, low), _cum_percentile(cum, high)
+    if unsaturated:
+        top = int(np.flatnonzero(counts)[-1])  # M
+        if hi == top and top > 0 and cum[top - 1] > 0:  # some pixels below M
+            hi = _cum_percentile(cum[:top], high)
+    return lo, hi
+
+
+def unsaturated_high(values: np.ndarray, hi: float, high: float) -> float:
+    """``hi`` (the ``high`` percentile of the 1-D ``values``) unless it equals their maximum M
+    while some values lie below M: then the ``high`` percentile of the values below M, a
+    saturation plateau (a streak clipped at the camera maximum) taken out of the scale."""
+    top = values.max()
+    if hi == top and values.min() < top:
+        return float(np.percentile(values[values < top], [high])[0])  # [high]: float64 lerp
+    return hi
 
 
 def range_normalize(image: np.ndarray) -> np.ndarray:
@@ -108,7 +151,7 @@ def range_normalize(image: np.ndarray) -> np.ndarray:
     return image.astype(np.float32)
 
 
-NORMALIZATIONS = ("percentile", "percentile_darkbg", "range", "none")
+NORMALIZATIONS = ("percentile", "percentile_darkbg", "percentile_unsaturated", "range", "none")
 
 
 def dark_background(image: np.ndarray, level: float = 0.5) -> np.ndarray:
@@ -129,11 +172,12 @@ def normalize_image(
 ) -> np.ndarray:
     """Normalise a ``(C, H, W)`` image: ``"percentile"`` (1 / 99.8 -> 0 / 1),
     ``"percentile_darkbg"`` (the same, then inverted when the background is bright, see
-    :func:`dark_background`), ``"range"`` (divide by the dtype maximum) or ``"none"`` (cast to
-    float32).
+    :func:`dark_background`), ``"percentile_unsaturated"`` (the 99.8th percentile taken below
+    a saturation plateau, see :func:`percentile_normalize`), ``"range"`` (divide by the dtype
+    maximum) or ``"none"`` (cast to float32).
 
     ``min_range``: the floor on the percentile range (raw intensity units, see
-    :func:`percentile_normalize`) of the two percentile modes -- for ``"percentile_darkbg"`` the
+    :func:`percentile_normalize`) of the percentile modes -- for ``"percentile_darkbg"`` the
     bright-background test looks at the floored image; ``"range"`` and ``"none"`` ignore it.
     ValueError naming ``min_range`` when it is not a finite number >= 0."""
     min_range = check_min_range(min_range)
@@ -141,6 +185,8 @@ def normalize_image(
         return percentile_normalize(image, min_range=min_range)
     if mode == "percentile_darkbg":
         return dark_background(percentile_normalize(image, min_range=min_range))
+    if mode == "percentile_unsaturated":
+        return percentile_normalize(image, min_range=min_range, unsaturated=True)
     if mode == "range":
         return range_normalize(image)
     if mode == "none":

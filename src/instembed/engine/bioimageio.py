@@ -349,6 +349,8 @@ _NORM_WORDS = {
     "percentile": "per-channel 1st / 99.8th percentiles mapped to 0 / 1",
     "percentile_darkbg": "per-channel 1st / 99.8th percentiles mapped to 0 / 1, then "
     "inverted when the background is bright (median > 0.5) so that objects are bright",
+    "percentile_unsaturated": "per-channel 1st / 99.8th percentiles mapped to 0 / 1, the "
+    "99.8th taken below the maximum when it falls on a saturation plateau",
     "range": "integers divided by their dtype's maximum",
     "none": "none (the pixels as given, as float32)",
 }

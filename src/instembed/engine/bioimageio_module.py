@@ -74,7 +74,10 @@ class Normalize(nn.Module):
     ``mode``: ``percentile`` (per-channel 1 / 99.8 percentiles -> 0 / 1; the histogram
     arithmetic for uint8 / uint16 input, NumPy's ``percentile`` for other dtypes, whose values
     are first cast to float32), ``percentile_darkbg`` (then ``1 - x`` when the median of the
-    channel mean is above 0.5), ``range`` (integers divided by their dtype's maximum), ``none``.
+    channel mean is above 0.5), ``percentile_unsaturated`` (the 99.8th percentile taken from
+    the values below the maximum when it falls on a saturation plateau, as
+    :func:`instembed.data.normalize.unsaturated_high`), ``range`` (integers divided by their
+    dtype's maximum), ``none``.
     ``min_range``: the floor on the percentile range (raw intensity units, 0 = off) of the
     percentile modes, ``(x - lo) / max(hi - lo, min_range, eps)`` as NumPy's.
     Non-finite results are refused, as :func:`instembed.segment` refuses them."""
@@ -95,15 +98,28 @@ class Normalize(nn.Module):
         self.mode, self.low, self.high, self.eps = mode, float(low), float(high), float(eps)
         self.min_range = check_min_range(min_range)
         self.floor = max(self.eps, self.min_range)  # the denominator's lower bound
+        self.unsaturated = mode == "percentile_unsaturated"
 
     def percentile(self, x: Tensor) -> Tensor:
         c = x.shape[0]
-        if x.dtype == torch.uint8 or x.dtype == torch.uint16:
+        hist = x.dtype == torch.uint8 or x.dtype == torch.uint16
+        if hist:
             s = torch.sort(x.reshape(c, -1).to(torch.float64), dim=1)[0]
             lo, hi = _hist_percentile(s, self.low), _hist_percentile(s, self.high)
         else:
             s = torch.sort(x.reshape(c, -1).to(torch.float32), dim=1)[0]
             lo, hi = _numpy_percentile(s, self.low), _numpy_percentile(s, self.high)
+        if self.unsaturated:
+            hi = hi.clone()
+            for i in range(c):  # hi on the plateau of the maximum M: from the values below M
+                row = s[i : i + 1]
+                top = row[0, -1]
+                if bool(hi[i] == top) and bool(row[0, 0] < top):
+                    below = row[:, : int((row[0] < top).sum())]  # sorted: the prefix before M
+                    if hist:
+                        hi[i] = _hist_percentile(below, self.high)[0]
+                    else:
+                        hi[i] = _numpy_percentile(below, self.high)[0]
         lo, hi = lo.view(c, 1, 1), hi.view(c, 1, 1)
         x32 = x.to(torch.float32).to(torch.float64)
         return ((x32 - lo) / torch.clamp(hi - lo, min=self.floor)).to(torch.float32)
@@ -124,7 +140,7 @@ class Normalize(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.is_complex() or x.dtype == torch.bool:
             raise ValueError("expected an image of integer or float pixels")
-        if self.mode == "percentile" or self.mode == "percentile_darkbg":
+        if self.mode.startswith("percentile"):
             out = self.percentile(x)
             if self.mode == "percentile_darkbg":
                 out = self.dark_background(out)

@@ -140,7 +140,7 @@ def open_dataset(path: str | os.PathLike, format: str = "auto", **kw) -> Reader:
     """Open a data set folder (or COCO json) as a :class:`Reader` of Samples.
 
     ``format``: ``"auto"`` (detect and log the choice) or one of :data:`FORMATS`. ``kw`` go to
-    the reader: ``normalize`` (``"percentile"``/``"percentile_darkbg"``/``"range"``/``"none"``), ``channels``,
+    the reader: ``normalize`` (one of :data:`instembed.data.normalize.NORMALIZATIONS`), ``channels``,
     ``min_range`` (floor on the percentile range, raw intensity units; 0 = off: see
     :func:`instembed.data.normalize.percentile_normalize`), ``validate``
     (``"header"``/``"full"``/``"none"``), ``skip_bad`` and the reader's own options.
