@@ -68,6 +68,8 @@ def write_card(name: str) -> Path:
         "percentile": "input normalised with 1/99.8 percentiles",
         "percentile_darkbg": "input normalised with 1/99.8 percentiles, then inverted when its "
         "background is bright (bright-field, H&E) so that nuclei are bright",
+        "percentile_unsaturated": "input normalised with 1/99.8 percentiles, the 99.8th taken "
+        "below a saturation plateau when one reaches it",
     }[cfg["data"]["reader_params"].get("normalize", "percentile")]
     lines = [
         f"# {name}",

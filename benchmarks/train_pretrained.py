@@ -233,6 +233,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="--time-limit and the recorded training time count this process's CPU seconds",
     )
+    ap.add_argument(
+        "--no-tune",
+        action="store_true",
+        help="keep the config's clustering thresholds (with -o cluster.params.K=V) instead of "
+        "tuning them on the val split",
+    )
     ap.add_argument("-o", "--override", action="append", default=[], help="key=value override")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -307,7 +313,10 @@ def main(argv: list[str] | None = None) -> int:
             continue
         # the network runs once per image; only the clustering is repeated per setting
         outputs = network_outputs(model, val_samples)
-        tuned = tune_thresholds(outputs, val_samples, cfg.cluster)
+        # --no-tune: an empty grid scores the config's clustering as it is
+        tuned = tune_thresholds(
+            outputs, val_samples, cfg.cluster, grid={} if args.no_tune else None
+        )
         chosen, metrics, rows = tuned.params, tuned.metrics, tuned.rows
         log.info("%s (step %d): AP_dsb@0.5 %.4f with %s", cand, step, metrics["AP_dsb@0.5"], chosen)
         key = (metrics["AP_dsb@0.5"], metrics["AP"])

@@ -8,7 +8,9 @@ records it beside the metrics of the model that was shipped when it was tried, s
 reads "before -> after" on the same val split::
 
     python benchmarks/training_stages.py add --run runs/bbbc039-nuclei-3 \\
-        --change "warm start, intensity gain 0.25-1.25" [--shipped]
+        --change "warm start, intensity gain 0.25-1.25"
+    git show HEAD:src/instembed/pretrained/NAME.json > before.json   # a stage already shipped
+    python benchmarks/training_stages.py add --run RUN --change "..." --shipped --before before.json
     python benchmarks/training_stages.py show
 
 Runs that were not shipped are kept: a stage that lowered the val metrics is a result too.
@@ -38,6 +40,8 @@ def stage_entry(run: Path, change: str, shipped: bool, card: dict) -> dict:
     if s["name"] != card["name"]:
         raise SystemExit(f"{path} is a run of {s['name']!r}, not of {card['name']!r}")
     own = s["train_seconds"] - ((s.get("init") or {}).get("train_seconds") or 0.0)
+    # a re-tune of the shipped weights (train_pretrained --retune) keeps their steps and time
+    retune = s["steps"] == card.get("steps") and s["train_seconds"] == card.get("train_seconds")
     version = max((h["version"] for h in card.get("history") or []), default=None)
     return {
         "model": s["name"],
@@ -50,8 +54,8 @@ def stage_entry(run: Path, change: str, shipped: bool, card: dict) -> dict:
             **{k: card["val_metrics"].get(k) for k in KEYS},
         },
         "after": {k: s["val_metrics"].get(k) for k in KEYS},
-        "steps": s["steps"],
-        "train_seconds": round(own, 1),
+        "steps": 0 if retune else s["steps"],
+        "train_seconds": 0.0 if retune else round(own, 1),
         "cluster": s["cluster"]["params"],
         "n_val": s["split"]["n_val"],
     }
@@ -112,15 +116,19 @@ def main(argv: list[str] | None = None) -> int:
     a = sub.add_parser("add", help="record a run folder of train_pretrained.py")
     a.add_argument("--run", required=True, help="the run folder (holds summary.json)")
     a.add_argument("--change", required=True, help="what the stage changed, in a few words")
+    a.add_argument("--shipped", action="store_true", help="the stage was shipped")
     a.add_argument(
-        "--shipped", action="store_true", help="the stage was shipped (record it BEFORE --ship)"
+        "--before",
+        default=None,
+        help="the card (<name>.json) of the model the stage started from (default: the one "
+        "shipped now; give the earlier card when the stage was already shipped)",
     )
     sub.add_parser("show", help="print the RESULTS.md section")
     args = ap.parse_args(argv)
     if args.cmd == "add":
         run = Path(args.run)
         name = json.loads((run / "summary.json").read_text())["name"]
-        card = json.loads((PRETRAINED / f"{name}.json").read_text())
+        card = json.loads(Path(args.before or PRETRAINED / f"{name}.json").read_text())
         add(stage_entry(run, args.change, args.shipped, card))
     print("\n".join(section(RESULTS.parent)))
     return 0

@@ -72,3 +72,12 @@ def test_a_run_of_another_model_is_refused(run):
         ts.stage_entry(folder, "x", False, {**card, "name": "other"})
     with pytest.raises(SystemExit, match="summary.json: not found"):
         ts.stage_entry(folder.parent, "x", False, card)
+
+
+def test_a_retune_of_the_shipped_weights_adds_no_steps(run):
+    folder, card = run
+    summary = json.loads((folder / "summary.json").read_text())
+    # --retune: the run carries the shipped card's own steps and time
+    card = {**card, "steps": summary["steps"], "train_seconds": summary["train_seconds"]}
+    e = ts.stage_entry(folder, "re-tuned", True, card)
+    assert e["steps"] == 0 and e["train_seconds"] == 0.0
