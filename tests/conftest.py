@@ -83,6 +83,57 @@ def shared_data():
     return get
 
 
+# helpers of the normalisation tests (tests/data/test_normalize_*.py)
+@pytest.fixture
+def image_folder():
+    """``make(root, image)``: ``root/images/a.tif`` (the image) and ``root/labels/a.tif`` (one
+    rectangle); returns ``root``."""
+    import numpy as np
+    import tifffile
+
+    from instembed.data import io
+
+    def make(root, image):
+        (root / "images").mkdir(parents=True)
+        (root / "labels").mkdir()
+        tifffile.imwrite(root / "images" / "a.tif", image)
+        lab = np.zeros(image.shape, np.int32)
+        lab[2:6, 3:9] = 1
+        io.write_labels(root / "labels" / "a.tif", lab)
+        return root
+
+    return make
+
+
+@pytest.fixture
+def tiny_run():
+    """``make(tmp_path, reader_params)``: a run folder (``tmp_path/run``) with a tiny seeded U-Net
+    whose config holds ``reader_params``."""
+    import torch
+
+    from instembed.engine import checkpoint as ck
+    from instembed.engine.config import ClusterConfig, Config, config_to_yaml
+    from instembed.models import build_model
+
+    def make(tmp_path, reader_params):
+        heads = {"embedding": 2, "sigma": 2, "seed": 1}
+        cfg = Config()
+        cfg.model.name, cfg.loss.name = "unet", "spatial"
+        cfg.model.params = {"heads": heads, "depth": 2, "width": 4, "semiconv": True}
+        cfg.cluster = ClusterConfig("seeded", {"seed_thresh": 0.6, "min_size": 4})
+        cfg.data.reader_params = dict(reader_params)
+        torch.manual_seed(3)
+        m = build_model("unet", heads=heads, depth=2, width=4, semiconv=True)
+        run = tmp_path / "run"
+        run.mkdir()
+        ck.save_checkpoint(
+            run / "best.pt", model_state=m.state_dict(), config_yaml=config_to_yaml(cfg), step=0
+        )
+        return run
+
+    return make
+
+
 def pytest_collection_modifyitems(config, items):
     """Mark every test that reads the shared data (uses ``shared_data``, also through another
     fixture) with ``data``."""

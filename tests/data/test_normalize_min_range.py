@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import tifffile
-import torch
 
 from instembed.data import io
 from instembed.data.lazy import StatsAccumulator, open_lazy, window_stats
@@ -24,8 +22,7 @@ from instembed.data.normalize import (
     percentile_normalize,
 )
 from instembed.data.readers import open_dataset
-from instembed.engine import checkpoint as ck
-from instembed.engine.config import ClusterConfig, Config, ConfigError, config_to_yaml, load_config
+from instembed.engine.config import ConfigError, load_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -144,16 +141,6 @@ def test_valid_values_and_the_model_defaults():
 
 
 # --------------------------------------------------------------------------- readers
-def _folder(root, image: np.ndarray):
-    (root / "images").mkdir(parents=True)
-    (root / "labels").mkdir()
-    tifffile.imwrite(root / "images" / "a.tif", image)
-    lab = np.zeros(image.shape, np.int32)
-    lab[2:6, 3:9] = 1
-    io.write_labels(root / "labels" / "a.tif", lab)
-    return root
-
-
 def _dim_image(seed: int = 0) -> np.ndarray:
     """40 x 48 uint16: camera noise 134 +- 20 and one dim blob (+30)."""
     rng = np.random.default_rng(seed)
@@ -162,9 +149,9 @@ def _dim_image(seed: int = 0) -> np.ndarray:
     return img.astype(np.uint16)
 
 
-def test_a_reader_with_min_range_gives_the_floored_image(tmp_path, caplog):
+def test_a_reader_with_min_range_gives_the_floored_image(tmp_path, caplog, image_folder):
     img = _dim_image()
-    root = _folder(tmp_path / "d", img)
+    root = image_folder(tmp_path / "d", img)
     floored = open_dataset(root, format="folder", normalize="percentile", min_range=150)[0].image
     plain = open_dataset(root, format="folder", normalize="percentile")[0].image
     assert np.array_equal(floored, normalize_image(img[None], "percentile", 150))
@@ -181,26 +168,6 @@ def test_a_reader_with_min_range_gives_the_floored_image(tmp_path, caplog):
 
 
 # --------------------------------------------------------------------------- the model's
-def _run_folder(tmp_path, reader_params):
-    """A run folder with a tiny seeded U-Net whose config holds ``reader_params``."""
-    from instembed.models import build_model
-
-    heads = {"embedding": 2, "sigma": 2, "seed": 1}
-    cfg = Config()
-    cfg.model.name, cfg.loss.name = "unet", "spatial"
-    cfg.model.params = {"heads": heads, "depth": 2, "width": 4, "semiconv": True}
-    cfg.cluster = ClusterConfig("seeded", {"seed_thresh": 0.6, "min_size": 4})
-    cfg.data.reader_params = dict(reader_params)
-    torch.manual_seed(3)
-    m = build_model("unet", heads=heads, depth=2, width=4, semiconv=True)
-    run = tmp_path / "run"
-    run.mkdir()
-    ck.save_checkpoint(
-        run / "best.pt", model_state=m.state_dict(), config_yaml=config_to_yaml(cfg), step=0
-    )
-    return run
-
-
 @pytest.fixture
 def seen(monkeypatch):
     """The images the Predictor's network pass is given (``Predictor.outputs``: whole images
@@ -218,15 +185,15 @@ def seen(monkeypatch):
     return images
 
 
-def test_predict_and_segment_apply_the_models_min_range(tmp_path, seen):
+def test_predict_and_segment_apply_the_models_min_range(tmp_path, seen, image_folder, tiny_run):
     import instembed
     from instembed.cli import main
     from instembed.napari._core import dense_outputs
 
     img = _dim_image(1)
-    root = _folder(tmp_path / "d", img)
+    root = image_folder(tmp_path / "d", img)
     path = root / "images" / "a.tif"
-    run = _run_folder(tmp_path, {"normalize": "percentile", "channels": 1, "min_range": 150})
+    run = tiny_run(tmp_path, {"normalize": "percentile", "channels": 1, "min_range": 150})
     reader = open_dataset(root, format="folder", normalize="percentile", channels=1,
                           min_range=150)  # fmt: skip
     want = reader[0].image  # what training saw
@@ -248,11 +215,11 @@ def test_predict_and_segment_apply_the_models_min_range(tmp_path, seen):
         instembed.segment(img, str(run), device="cpu", min_range=-3)
 
 
-def test_a_model_without_min_range_normalises_as_before(tmp_path, seen):
+def test_a_model_without_min_range_normalises_as_before(tmp_path, seen, tiny_run):
     import instembed
 
     img = _dim_image(2)
-    run = _run_folder(tmp_path, {"normalize": "percentile"})
+    run = tiny_run(tmp_path, {"normalize": "percentile"})
     out = instembed.segment(img, str(run), device="cpu")
     assert "min_range" not in out.meta
     assert np.array_equal(seen[0], percentile_normalize(img[None]))

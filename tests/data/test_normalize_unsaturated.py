@@ -174,15 +174,9 @@ def test_min_range_still_floors_the_range():
 
 
 # --------------------------------------------------------------------------- every path
-def test_readers_and_load_image(tmp_path):
+def test_readers_and_load_image(tmp_path, image_folder):
     img = _nuclei(seed=8)
-    root = tmp_path / "d"
-    (root / "images").mkdir(parents=True)
-    (root / "labels").mkdir()
-    tifffile.imwrite(root / "images" / "a.tif", img)
-    lab = np.zeros(img.shape, np.int32)
-    lab[2:6, 3:9] = 1
-    io.write_labels(root / "labels" / "a.tif", lab)
+    root = image_folder(tmp_path / "d", img)
     want = _reference(img[None])
     got = open_dataset(root, format="folder", normalize=MODE)[0].image
     np.testing.assert_array_equal(got, want)
@@ -191,28 +185,15 @@ def test_readers_and_load_image(tmp_path):
     np.testing.assert_array_equal(floored, _reference(img[None], 2000))
 
 
-def test_segment_applies_the_models_mode(tmp_path, monkeypatch):
+def test_segment_applies_the_models_mode(tmp_path, monkeypatch, tiny_run):
     import instembed
-    from instembed.engine import checkpoint as ck
-    from instembed.engine.config import ClusterConfig, Config, config_to_yaml
     from instembed.engine.predict import Predictor
-    from instembed.models import build_model
 
     seen: list[np.ndarray] = []
     outputs = Predictor.outputs
     monkeypatch.setattr(Predictor, "outputs", lambda self, im: seen.append(np.array(im)) or
                         outputs(self, im))  # fmt: skip
-    heads = {"embedding": 2, "sigma": 2, "seed": 1}
-    cfg = Config()
-    cfg.model.name, cfg.loss.name = "unet", "spatial"
-    cfg.model.params = {"heads": heads, "depth": 2, "width": 4, "semiconv": True}
-    cfg.cluster = ClusterConfig("seeded", {"seed_thresh": 0.6, "min_size": 4})
-    cfg.data.reader_params = {"normalize": MODE, "channels": 1}
-    m = build_model("unet", heads=heads, depth=2, width=4, semiconv=True)
-    run = tmp_path / "run"
-    run.mkdir()
-    ck.save_checkpoint(run / "best.pt", model_state=m.state_dict(), config_yaml=config_to_yaml(cfg),
-                       step=0)  # fmt: skip
+    run = tiny_run(tmp_path, {"normalize": MODE, "channels": 1})
     img = _nuclei(seed=9)[:48, :40]
     assert (img == 4095).sum() >= 5  # 1920 px: the 99.8th (index 1915.162) on the plateau
     path = tmp_path / "a.tif"

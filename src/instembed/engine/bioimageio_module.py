@@ -187,9 +187,9 @@ def bioimageio_module(
     model: nn.Module, cfg, mode: str, workdir: Path, min_range: float = 0.0
 ) -> torch.jit.ScriptModule:
     """The scripted :class:`BioimageioModule` of ``model`` (clustering of ``cfg.cluster``,
-    normalisation ``mode`` with the floor ``min_range`` on the percentile range). Raises ValueError for a model that returns instances itself (Mask
-    R-CNN, ISFCN, recurrent: no label-image ``segment`` to compile) or whose clustering has no
-    TorchScript exporter."""
+    normalisation ``mode`` with the floor ``min_range`` on the percentile range). Raises
+    ValueError for a model that returns instances itself (Mask R-CNN, ISFCN, recurrent: no
+    label-image ``segment`` to compile) or whose clustering has no TorchScript exporter."""
     from instembed.engine.export import export_torchscript
 
     model = model.eval()
