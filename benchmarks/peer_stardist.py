@@ -129,11 +129,17 @@ def augmenter(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x.astype(np.float32), y
 
 
-def budget_callback(budget_s: float, cpu: bool = False):
+def budget_callback(
+    budget_s: float, cpu: bool = False, log_path: Path | None = None, before: dict | None = None
+):
     """A Keras callback that stops training once the elapsed time (since training began) plus
     the duration of the last validation pass reaches ``budget_s`` (wall-clock seconds, or with
     ``cpu`` this process's CPU seconds); it counts steps and epochs and records the val loss and
-    the machine's load average after each epoch."""
+    the machine's load average after each epoch (also appended to ``log_path``, one JSON line
+    per epoch, so that an interrupted run can be resumed: ``--resume``). ``before``: the last
+    epoch record of the run being resumed; its epochs, steps and seconds are added to the records
+    (the budget given here is what is left of the whole)."""
+    before = before or {}
     clock = time.process_time if cpu else time.perf_counter
     import keras
 
@@ -171,16 +177,19 @@ def budget_callback(budget_s: float, cpu: bool = False):
             logs = logs or {}
             self.history.append(
                 {
-                    "epoch": epoch + 1,
-                    "steps": self.steps,
-                    "seconds": round(time.perf_counter() - self.t0, 1),
-                    "cpu_seconds": self.cpu_s(),
+                    "epoch": before.get("epoch", 0) + epoch + 1,
+                    "steps": before.get("steps", 0) + self.steps,
+                    "seconds": round(before.get("seconds", 0) + time.perf_counter() - self.t0, 1),
+                    "cpu_seconds": round(before.get("cpu_seconds", 0) + self.cpu_s(), 1),
                     "loss": float(logs.get("loss", float("nan"))),
                     "val_loss": float(logs.get("val_loss", float("nan"))),
                     "loadavg_1min": round(os.getloadavg()[0], 2),
                 }
             )
             print(f"[budget] {self.history[-1]}", flush=True)
+            if log_path is not None:
+                with open(log_path, "a") as fh:
+                    fh.write(json.dumps(self.history[-1]) + "\n")
 
     return BudgetStop()
 
@@ -194,14 +203,31 @@ def train_stardist(
     tune_on: int | None = None,
     eval_only: bool = False,
     budget_cpu: bool = False,
+    resume: bool = False,
 ):
     """A StarDist2D model trained from scratch on ``train`` (validated on ``val``) for at most
     ``budget_s`` seconds, its best weights (val loss) loaded and thresholds tuned on ``val``
     (its first ``tune_on`` images: smoke tests); returns (model, facts about the run).
-    ``eval_only``: load the best weights and the facts of a finished run in ``workdir``."""
+    ``eval_only``: load the best weights and the facts of a finished run in ``workdir``.
+    ``resume``: continue a run that was interrupted (its process killed) from the weights of its
+    last finished epoch (``weights_now.h5``) with what is left of ``budget_s`` after the epochs
+    recorded in ``workdir/epochs.jsonl``; the best-weights checkpoint keeps the best val loss
+    of those epochs, the augmentation and patch sampling are reseeded with ``seed`` + epochs
+    done (so they do not repeat), and the optimizer and learning-rate schedule start afresh
+    (Adam's moments are not in the weights file)."""
     import tensorflow as tf
     from stardist.models import Config2D, StarDist2D
 
+    epochs_file = workdir / "epochs.jsonl"
+    prior: list[dict] = []
+    if resume:
+        if not epochs_file.is_file() or not (workdir / "stardist" / "weights_now.h5").is_file():
+            raise SystemExit(
+                f"--resume: expected {epochs_file} and {workdir / 'stardist' / 'weights_now.h5'} "
+                "(an interrupted run's epoch log and last weights); not found"
+            )
+        prior = [json.loads(line) for line in epochs_file.read_text().splitlines() if line]
+        seed = seed + len(prior)
     global _RNG
     _RNG = np.random.default_rng(seed)
     tf.random.set_seed(seed)  # StarDist's own patch sampling: ``train(seed=...)`` below
@@ -226,29 +252,44 @@ def train_stardist(
         model = StarDist2D(None, name="stardist", basedir=str(workdir))
         facts = json.loads(done.read_text())
     else:
-        model = StarDist2D(conf, name="stardist", basedir=str(workdir))
+        if prior:  # the interrupted run's config and the weights of its last finished epoch
+            model = StarDist2D(None, name="stardist", basedir=str(workdir))
+            model.load_weights("weights_now.h5")
+        else:
+            epochs_file.unlink(missing_ok=True)
+            model = StarDist2D(conf, name="stardist", basedir=str(workdir))
         model.prepare_for_training()
-        stop = budget_callback(budget_s, cpu=budget_cpu)
+        if prior:  # weights_best.h5 is only replaced by an epoch better than the earlier ones
+            import keras
+
+            for cb in model.callbacks:
+                if isinstance(cb, keras.callbacks.ModelCheckpoint) and cb.save_best_only:
+                    cb.best = min(h["val_loss"] for h in prior)
+        last = prior[-1] if prior else {}
+        spent = last.get("cpu_seconds" if budget_cpu else "seconds", 0.0)
+        stop = budget_callback(budget_s - spent, cpu=budget_cpu, log_path=epochs_file, before=last)
         model.callbacks.append(stop)
         t0 = time.perf_counter()
         model.train(X, Y, validation_data=(Xv, Yv), augmenter=augmenter, seed=seed)
         train_s = time.perf_counter() - t0
-        best = min(stop.history, key=lambda h: h["val_loss"]) if stop.history else None
+        history = prior + stop.history
+        best = min(history, key=lambda h: h["val_loss"]) if history else None
         facts = {
             "config": {
                 k: (list(v) if isinstance(v, tuple) else v)
-                for k, v in vars(conf).items()
+                for k, v in vars(model.config).items()
                 if isinstance(v, int | float | str | bool | tuple | list | type(None))
             },
-            "train_seconds": round(train_s, 1),
-            "train_cpu_seconds": stop.cpu_s(),
-            "steps": stop.steps,
-            "epochs": stop.epochs,
+            "train_seconds": round(last.get("seconds", 0.0) + train_s, 1),
+            "train_cpu_seconds": round(last.get("cpu_seconds", 0.0) + stop.cpu_s(), 1),
+            "steps": last.get("steps", 0) + stop.steps,
+            "epochs": last.get("epoch", 0) + stop.epochs,
             "steps_per_epoch": conf.train_steps_per_epoch,
             "stopped_by_budget": stop.stopped_by_budget,
             "budget_clock": "process CPU seconds" if budget_cpu else "wall-clock seconds",
             "best_epoch_by_val_loss": best["epoch"] if best else None,
-            "epochs_log": stop.history,
+            "resumed_after_epoch": last.get("epoch"),
+            "epochs_log": history,
         }
         done.write_text(json.dumps(facts, indent=1))
     t1 = time.perf_counter()
@@ -379,6 +420,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="skip training: tune, predict and score the finished run in --workdir",
     )
+    ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run in --workdir (weights of its last epoch, the rest of "
+        "the budget), then tune, predict and score as usual",
+    )
     ap.add_argument("--out", default=None, help="JSON (default results/peer_<dataset>.json)")
     args = ap.parse_args(argv)
     set_threads(args.threads)
@@ -414,6 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         args.max_val,
         eval_only=args.eval_only,
         budget_cpu=args.budget_cpu,
+        resume=args.resume,
     )
     sd_pred, sd_s = predict_stardist(model, scored)
     ie_pred, ie_s = predict_instembed(name, scored)
