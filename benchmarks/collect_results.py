@@ -499,13 +499,25 @@ def section_peers_trained(results: Path) -> list[str]:
             f"{'of CPU time' if 'CPU' in str(peer.get('budget_clock', '')) else 'wall-clock'} "
             f"on one thread ({how}; {peer.get('epochs')} "
             f"epoch(s), {peer.get('steps')} steps done, stopped by the budget: "
-            f"{peer.get('stopped_by_budget')}{cpu}); {thr}. The instembed row is the shipped "
+            f"{peer.get('stopped_by_budget')}{cpu}{resumed_note(peer)}); {thr}. The instembed "
+            "row is the shipped "
             f"model as it is (its recorded training). Machine: {r['machine']}. Caveat: "
             f"{r['load_caveat']} (load average at start {r['loadavg_start'][0]}, at end "
             f"{r['loadavg_end'][0]}).",
             "",
         ]
     return lines
+
+
+def resumed_note(peer: dict) -> str:
+    """How a peer run that was interrupted and resumed (``peer_stardist.py --resume``) went on."""
+    epoch = peer.get("resumed_after_epoch")
+    if not epoch:
+        return ""
+    return (
+        f"; its process was killed after epoch {epoch} and the run resumed from that epoch's "
+        "weights with the rest of the budget (fresh optimiser state)"
+    )
 
 
 PEER = """## Peer: EmbedSeg (PyPI `embedseg` 0.2.5)
@@ -570,6 +582,9 @@ def main(argv: list[str] | None = None) -> int:
     from training_stages import section as section_training_stages
 
     lines += section_training_stages(results)
+    from tta import section as section_tta
+
+    lines += section_tta(results)
     lines += section_peers_trained(results)
     lines += [PEER]
     Path(args.out).write_text("\n".join(lines))

@@ -14,6 +14,8 @@ What it does, in order:
 4. for the best checkpoint of the in-training validation and the last checkpoint, tunes the
    clusterer's thresholds on the val split (a small grid) and keeps the checkpoint + thresholds
    with the highest AP_dsb@0.5 (the only data looked at are the val images);
+   ``--keep-within EPS`` (> 0) keeps the thresholds of the shipped card ``<name>.json`` unless
+   the best setting beats them by more than EPS (AP_dsb@0.5 on the val split);
    ``--finish`` runs this step (and 5) on a run folder whose training is already done;
 5. with ``--ship``: writes ``src/instembed/pretrained/<name>.pt`` (weights + the
    resolved config, an instembed checkpoint readable with ``torch.load(weights_only=True)``),
@@ -39,6 +41,7 @@ import numpy as np
 import torch
 
 from instembed.data.dataset import InstanceDataset
+from instembed.data.looks import sample_look
 from instembed.data.readers import open_dataset
 from instembed.data.splits import SEED, VAL_FRACTION, split_dataset
 from instembed.engine import checkpoint as ck
@@ -46,7 +49,7 @@ from instembed.engine.build import train_transform
 from instembed.engine.config import config_to_dict, config_to_yaml, load_config
 from instembed.engine.evaluation import evaluate_outputs
 from instembed.engine.trainer import Trainer
-from instembed.engine.tune import METRICS, tune_thresholds
+from instembed.engine.tune import METRICS, default_grid, tune_thresholds
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from model_cards import history_with, write_card  # noqa: E402
@@ -83,17 +86,12 @@ def network_outputs(model, samples) -> list:
     return outs
 
 
-def dsb_look(path: str) -> str:
-    """The DSB2018 look of an image file (SOURCE.md's groups): colour channels that differ ->
-    "colour (H&E-like)", a bright background -> "bright-field", else "fluorescence"."""
-    from instembed.data import io
-
-    raw = io.to_chw(io.read_image(path), path=str(path))[:3].astype(np.float32)
-    if raw.shape[0] == 3 and float(np.abs(raw - raw.mean(0, keepdims=True)).max()) > 0:
-        return "colour (H&E-like)"
-    if float(np.median(io.percentile_normalize(raw).mean(0))) > 0.5:
-        return "bright-field"
-    return "fluorescence"
+# the names of the looks (instembed.data.looks) in the model cards' per-look tables
+LOOK_NAMES = {
+    "fluorescence": "fluorescence",
+    "he": "colour (H&E-like)",
+    "brightfield": "bright-field",
+}
 
 
 def metrics_by_group(outputs, samples, cluster, group_of) -> dict[str, dict]:
@@ -239,8 +237,18 @@ def main(argv: list[str] | None = None) -> int:
         help="keep the config's clustering thresholds (with -o cluster.params.K=V) instead of "
         "tuning them on the val split",
     )
+    ap.add_argument(
+        "--keep-within",
+        type=float,
+        default=0.0,
+        metavar="EPS",
+        help="keep the shipped card's thresholds unless the best setting beats them by more "
+        "than EPS (AP_dsb@0.5 on the val split)",
+    )
     ap.add_argument("-o", "--override", action="append", default=[], help="key=value override")
     args = ap.parse_args(argv)
+    if not args.keep_within >= 0:
+        ap.error(f"--keep-within: expected a number >= 0, got {args.keep_within}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -301,6 +309,14 @@ def main(argv: list[str] | None = None) -> int:
     from instembed.engine.build import build_model_from_config
 
     model = build_model_from_config(cfg.model)
+    # --keep-within EPS > 0: the incumbent is the shipped card's values of the keys tuned
+    incumbent, card_path = None, PRETRAINED / f"{args.name}.json"
+    if args.keep_within > 0 and not args.no_tune and card_path.is_file():
+        shipped = json.loads(card_path.read_text())["cluster"]
+        if shipped["method"] == cfg.cluster.method:
+            tried = default_grid(cfg.cluster.method, val_samples)
+            incumbent = {k: v for k, v in shipped["params"].items() if k in tried}
+        log.info("incumbent thresholds of %s: %s", card_path.name, incumbent)
     best = None
     for cand in ("best.pt", "last.pt"):
         path = out / cand
@@ -315,7 +331,12 @@ def main(argv: list[str] | None = None) -> int:
         outputs = network_outputs(model, val_samples)
         # --no-tune: an empty grid scores the config's clustering as it is
         tuned = tune_thresholds(
-            outputs, val_samples, cfg.cluster, grid={} if args.no_tune else None
+            outputs,
+            val_samples,
+            cfg.cluster,
+            grid={} if args.no_tune else None,
+            incumbent=incumbent,
+            keep_within=args.keep_within,
         )
         chosen, metrics, rows = tuned.params, tuned.metrics, tuned.rows
         log.info("%s (step %d): AP_dsb@0.5 %.4f with %s", cand, step, metrics["AP_dsb@0.5"], chosen)
@@ -341,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             best_outputs,
             val_samples,
             cfg.cluster,
-            lambda s: dsb_look(s.path),
+            lambda s: LOOK_NAMES[sample_look(s)],
         )
         log.info("val by look: %s", by_look)
     summary = {

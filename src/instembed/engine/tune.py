@@ -13,6 +13,18 @@ converged, so they are chosen on validation images, never on the test images.
 Grids per clustering method: :data:`GRIDS`; for ground truth with overlapping objects (mask
 stacks) the seeded grid also tries overlapping predicted masks (``overlap_thresh``, see
 :func:`instembed.cluster.seeded.overlap_masks`).
+
+Re-tuning a model that already has thresholds (a shipped one): pass them as ``incumbent`` and a
+margin ``keep_within``. The incumbent setting is the grid's keys read from
+``{**cluster.params, **incumbent}``; when that combination is not on the grid it is scored as
+one extra row (the row of the incumbent carries ``"incumbent": True``). If the best setting's
+``metric`` is higher than the incumbent's by ``keep_within`` or less, the incumbent is kept
+(its params and its metrics), so a gain smaller than one object does not flip the thresholds:
+
+    result = tune_thresholds(outputs, samples, cfg.cluster,
+                             incumbent={"seed_thresh": 0.875}, keep_within=0.001)
+
+Without an incumbent (the default) ``keep_within`` has no effect and the best setting is kept.
 """
 
 from __future__ import annotations
@@ -20,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -62,6 +75,49 @@ def default_grid(method: str, samples: Sequence = ()) -> dict[str, list]:
     return grid
 
 
+def _check_keep_within(keep_within) -> float:
+    if isinstance(keep_within, bool) or not isinstance(keep_within, (int, float)):
+        raise ValueError(
+            f"keep_within: expected a number >= 0, got {keep_within!r} "
+            f"({type(keep_within).__name__})"
+        )
+    if math.isnan(keep_within) or keep_within < 0:
+        raise ValueError(f"keep_within: expected a number >= 0, got {keep_within!r}")
+    return float(keep_within)
+
+
+def _incumbent_setting(incumbent, cluster: ClusterConfig, grid: dict[str, list]) -> dict:
+    """The grid's keys read from ``{**cluster.params, **incumbent}`` (checked)."""
+    if not isinstance(incumbent, dict):
+        raise ValueError(
+            f"incumbent: expected a dict of threshold values (e.g. {{'seed_thresh': 0.875}}), "
+            f"got {type(incumbent).__name__} {incumbent!r}"
+        )
+    known = set(cluster.params) | set(grid)
+    unknown = sorted(set(incumbent) - known, key=str)
+    if unknown:
+        raise ValueError(
+            f"incumbent: expected keys among the cluster params and the grid "
+            f"{sorted(known, key=str)}, got unknown key(s) {unknown}"
+        )
+    merged = {**cluster.params, **incumbent}
+    missing = sorted(k for k in grid if k not in merged)
+    if missing:
+        raise ValueError(
+            f"incumbent: expected a value for every grid key {sorted(grid)} (from incumbent or "
+            f"cluster.params), got none for {missing} (incumbent {incumbent!r})"
+        )
+    for k in sorted(set(incumbent) - set(grid), key=str):
+        if cluster.params.get(k) != incumbent[k]:
+            log.warning(
+                "incumbent %s=%r is not tuned (not a grid key): cluster.params' %r is used",
+                k,
+                incumbent[k],
+                cluster.params.get(k),
+            )
+    return {k: merged[k] for k in sorted(grid)}
+
+
 def tune_thresholds(
     outputs: Sequence,
     samples: Sequence,
@@ -69,6 +125,8 @@ def tune_thresholds(
     grid: dict[str, list] | None = None,
     metric: str = "AP_dsb@0.5",
     progress: Callable[[int, int], None] | None = None,
+    incumbent: dict | None = None,
+    keep_within: float = 0.0,
 ) -> TuneResult:
     """Grid search over clustering parameters (see the module docstring).
 
@@ -79,21 +137,36 @@ def tune_thresholds(
         grid: ``{param: [values]}``; None: :func:`default_grid`.
         metric: the summary key to maximise (ties: COCO AP).
         progress: called with (settings done, settings in all) after each setting.
+        incumbent: the thresholds in use (e.g. a shipped model's); None: none.
+        keep_within: keep the incumbent unless the best setting beats its ``metric`` by more
+            than this (>= 0; a 1e-12 slack absorbs rounding). Ties at 0 go to the incumbent.
     """
     if not samples:
         raise ValueError("tune_thresholds needs at least one annotated image")
+    keep_within = _check_keep_within(keep_within)
     grid = default_grid(cluster.method, samples) if grid is None else grid
     keys = sorted(grid)
+    inc = None if incumbent is None else _incumbent_setting(incumbent, cluster, grid)
+    # the incumbent off the grid: one extra setting, scored after the grid's
+    extra = inc is not None and not all(inc[k] in grid[k] for k in keys)
     rows: list[dict] = []
     best: tuple | None = None
+    inc_metrics: dict | None = None
     total = int(np.prod([len(grid[k]) for k in keys])) if keys else 1
-    for done, values in enumerate(itertools.product(*(grid[k] for k in keys)), start=1):
-        params = dict(zip(keys, values))
+    settings = [dict(zip(keys, v)) for v in itertools.product(*(grid[k] for k in keys))]
+    if extra:
+        settings.append(dict(inc))
+        total += 1
+    for done, params in enumerate(settings, start=1):
         cc = dataclasses.replace(cluster, params={**cluster.params, **params})
         m = evaluate_outputs(outputs, samples, cc)
         if metric not in m:
             raise ValueError(f"unknown metric {metric!r}; available: {sorted(m)}")
-        rows.append({"params": params, **{k: m.get(k) for k in METRICS}})
+        row = {"params": params, **{k: m.get(k) for k in METRICS}}
+        if inc is not None and params == inc:
+            row["incumbent"] = True
+            inc_metrics = m if inc_metrics is None else inc_metrics
+        rows.append(row)
         log.info("cluster %s: %s %.4f", params, metric, m[metric])
         key = (m[metric], m.get("AP", 0.0))
         if best is None or key > best[0]:
@@ -101,4 +174,30 @@ def tune_thresholds(
         if progress is not None:
             progress(done, total)
     assert best is not None
+    if inc is not None:
+        assert inc_metrics is not None
+        gain = best[2][metric] - inc_metrics[metric]
+        if gain <= keep_within + 1e-12:
+            log.info(
+                "keeping the incumbent %s: %s %.4f; the best %s has %.4f (+%.4f <= keep_within "
+                "%.4f)",
+                inc,
+                metric,
+                inc_metrics[metric],
+                best[1],
+                best[2][metric],
+                gain,
+                keep_within,
+            )
+            return TuneResult(params=dict(inc), metrics=inc_metrics, rows=rows)
+        log.info(
+            "the best %s (%s %.4f) replaces the incumbent %s (%.4f): +%.4f > keep_within %.4f",
+            best[1],
+            metric,
+            best[2][metric],
+            inc,
+            inc_metrics[metric],
+            gain,
+            keep_within,
+        )
     return TuneResult(params=best[1], metrics=best[2], rows=rows)
