@@ -149,3 +149,32 @@ def test_tune_cli_writes_a_checkpoint_with_the_chosen_thresholds(shared_data, tm
     assert tuned.cluster.params["seed_thresh"] == best
     assert main(args[:-1] + [str(tmp_path / "t.yaml")]) != 0
     assert "--out must name a .pt file" in capsys.readouterr().err
+
+
+def test_tune_cli_keep_within_keeps_the_models_own_thresholds(shared_data, tmp_path, capsys):
+    """--keep-within: the model's own seed threshold (0.875 in the shipped card, not on the
+    grid) is scored as one extra row and kept, because no grid setting beats it by more than
+    1.0 (AP_dsb@0.5 <= 1); the written checkpoint keeps it."""
+    import json
+
+    from instembed.cli import main
+    from instembed.engine.predict import Predictor
+
+    src = shared_data("stardist_example") / "stardist" / "data" / "images"
+    (tmp_path / "d" / "images").mkdir(parents=True)
+    (tmp_path / "d" / "labels").mkdir()
+    shutil.copy(src / "img2d.tif", tmp_path / "d" / "images" / "a.tif")
+    shutil.copy(src / "mask2d.tif", tmp_path / "d" / "labels" / "a.tif")
+    own = Predictor.from_spec("bbbc039-nuclei").cluster.params["seed_thresh"]
+    assert own not in (0.3, 0.97)
+    args = ["tune", "--model", "bbbc039-nuclei", "--data", str(tmp_path / "d"), "--format"]
+    args += ["folder", "--grid", "seed_thresh=0.3,0.97", "--keep-within", "1.0", "--no-progress"]
+    args += ["--out", str(tmp_path / "t.pt"), "--json", str(tmp_path / "rows.json")]
+    assert main(args) == 0
+    assert "kept within 1" in capsys.readouterr().out
+    rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
+    assert [r["params"]["seed_thresh"] for r in rows] == [0.3, 0.97, own]
+    assert [bool(r.get("incumbent")) for r in rows] == [False, False, True]
+    assert Predictor.from_spec(tmp_path / "t.pt").cluster.params["seed_thresh"] == own
+    assert main(args[:-4] + ["--keep-within", "-1"]) != 0
+    assert "--keep-within must be a number >= 0" in capsys.readouterr().err

@@ -48,6 +48,14 @@ def add_arguments(parser) -> None:
         help="override the model's clusterer before tuning (as predict --cluster): "
         "method=NAME and/or fixed parameters, e.g. min_size=20",
     )
+    parser.add_argument(
+        "--keep-within",
+        type=float,
+        default=0.0,
+        metavar="EPS",
+        help="keep the model's own thresholds (after --cluster) unless the best setting beats "
+        "them by more than EPS in --metric (default 0: always the best setting)",
+    )
     parser.add_argument("--out", default=None, help="write the tuned checkpoint here (.pt)")
     parser.add_argument("--json", dest="json_out", default=None, help="write every row here")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
@@ -132,6 +140,8 @@ def run(args) -> int:
     device = resolve_device(args.device, key="--device")  # a bad device: before any work
     if args.max_images is not None and args.max_images < 1:
         raise ValueError(f"--max-images must be >= 1, got {args.max_images}")
+    if not args.keep_within >= 0:
+        raise ValueError(f"--keep-within must be a number >= 0, got {args.keep_within}")
     if args.out is not None and not str(args.out).endswith(".pt"):
         raise ValueError(f"--out must name a .pt file, got {args.out!r}")
     grid = _grid(args.grid)
@@ -187,7 +197,15 @@ def run(args) -> int:
 
     try:
         result = tune_thresholds(
-            outputs, samples, predictor.cluster, grid=grid, metric=args.metric, progress=progress
+            outputs,
+            samples,
+            predictor.cluster,
+            grid=grid,
+            metric=args.metric,
+            progress=progress,
+            # the model's own values of the tuned keys are the incumbent
+            incumbent={} if args.keep_within > 0 else None,
+            keep_within=args.keep_within,
         )
     finally:
         if bar is not None:
@@ -199,7 +217,11 @@ def run(args) -> int:
             "  ".join(f"{row[k]:10.4f}" if row[k] is not None else f"{'-':>10s}" for k in METRICS)
             + f"  {row['params']}"
         )
-    print(f"chosen: {result.params} ({args.metric} {result.metrics[args.metric]:.4f})")
+    kept = any(r.get("incumbent") and r["params"] == result.params for r in result.rows)
+    print(
+        f"chosen: {result.params} ({args.metric} {result.metrics[args.metric]:.4f})"
+        + (f"; the model's own, kept within {args.keep_within:g}" if kept else "")
+    )
     if args.json_out:
         Path(args.json_out).write_text(
             json.dumps(
