@@ -134,6 +134,29 @@ def tiny_run():
     return make
 
 
+def two_object_scene():
+    """(Outputs, Sample) of a hand-made seeded-clustering scene: two square objects whose
+    embeddings sit at (0, 0) and (4, 0); object A's seed score is 0.95, object B's only 0.65, so
+    a seed threshold of 0.7 misses B and 0.6 finds it (used by the tuning tests)."""
+    import numpy as np
+    import torch
+
+    from instembed.data.sample import Sample
+    from instembed.structures import Outputs
+
+    h, w = 16, 20
+    gt = np.zeros((h, w), np.int32)
+    gt[2:8, 2:8] = 1
+    gt[9:15, 11:17] = 2
+    emb = torch.zeros(2, h, w)
+    emb[0][torch.from_numpy(gt == 2)] = 4.0
+    seed = torch.zeros(h, w)
+    seed[torch.from_numpy(gt == 1)] = 0.95
+    seed[torch.from_numpy(gt == 2)] = 0.65
+    out = Outputs(embedding=emb[None], seed=seed[None, None], sigma=torch.ones(1, 1, h, w))
+    return out, Sample(image=np.zeros((1, h, w), np.float32), instances=gt)
+
+
 def pytest_collection_modifyitems(config, items):
     """Mark every test that reads the shared data (uses ``shared_data``, also through another
     fixture) with ``data``."""

@@ -6,29 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import two_object_scene
 from instembed.data.sample import Sample
 from instembed.engine.config import ClusterConfig
 from instembed.engine.tune import default_grid, tune_thresholds
 from instembed.metrics import evaluate_image
 from instembed.structures import Outputs
-
-
-def _scene():
-    """Two square objects whose embeddings sit at (0, 0) and (4, 0); object A's seed score is
-    0.95, object B's only 0.65: a seed threshold of 0.7 misses B, 0.6 finds it."""
-    h, w = 16, 20
-    gt = np.zeros((h, w), np.int32)
-    gt[2:8, 2:8] = 1
-    gt[9:15, 11:17] = 2
-    emb = torch.zeros(2, h, w)
-    emb[0][torch.from_numpy(gt == 2)] = 4.0
-    seed = torch.zeros(h, w)
-    seed[torch.from_numpy(gt == 1)] = 0.95
-    seed[torch.from_numpy(gt == 2)] = 0.65
-    out = Outputs(embedding=emb[None], seed=seed[None, None], sigma=torch.ones(1, 1, h, w))
-    sample = Sample(image=np.zeros((1, h, w), np.float32), instances=gt)
-    return out, sample
-
 
 # Metrics of the two outcomes of the scene, derived by hand (one image, 2 ground-truth objects):
 # both found exactly: everything perfect. Only A found (exactly): TP 1, FP 0, FN 1 ->
@@ -42,7 +25,7 @@ ONLY_A = {"AP_dsb@0.5": 0.5, "AP": 51 / 101, "AP50": 51 / 101, "AP75": 51 / 101,
 
 
 def test_tuning_picks_the_threshold_that_finds_both_objects():
-    out, sample = _scene()
+    out, sample = two_object_scene()
     cc = ClusterConfig(
         method="seeded", params={"fg_thresh": 0.5, "seed_thresh": 0.9, "min_size": 4}
     )
@@ -69,13 +52,13 @@ def test_tuning_picks_the_threshold_that_finds_both_objects():
 
 
 def test_default_grids_and_errors():
-    _, sample = _scene()
+    _, sample = two_object_scene()
     stack = Sample(image=sample.image, instances=np.stack([sample.instances == 1] * 2))
     assert "overlap_thresh" not in default_grid("seeded", [sample])
     assert None in default_grid("seeded", [stack])["overlap_thresh"]
     assert set(default_grid("meanshift")) == {"bandwidth"}
     assert default_grid("kmeans") == {}
-    out, _ = _scene()
+    out, _ = two_object_scene()
     cc = ClusterConfig(method="seeded", params={"min_size": 4})
     with pytest.raises(ValueError, match="at least one"):
         tune_thresholds([], [], cc)

@@ -10,15 +10,12 @@ import itertools
 import logging
 import math
 
-import numpy as np
 import pytest
-import torch
 
 import instembed.engine.tune as tune
-from instembed.data.sample import Sample
+from conftest import two_object_scene
 from instembed.engine.config import ClusterConfig
 from instembed.engine.tune import METRICS, tune_thresholds
-from instembed.structures import Outputs
 
 GRID = {"seed_thresh": [0.6, 0.7, 0.8], "fg_thresh": [0.3, 0.5]}
 # (fg_thresh, seed_thresh) -> (AP_dsb@0.5, COCO AP). (0.3, 0.8) and (0.5, 0.7) tie on AP_dsb at
@@ -202,17 +199,7 @@ def test_real_clustering_keeps_the_incumbent_within_half_an_image():
     """Two square objects, embeddings at (0, 0) and (4, 0), seed scores 0.95 (A) and 0.65 (B).
     seed_thresh 0.7 finds A only: TP 1, FN 1, AP_dsb 1/2; 0.6 finds both: AP_dsb 1. With the
     incumbent 0.7 the gain of 0.6 is 1/2: kept within 0.5, replaced within 0.4."""
-    h, w = 16, 20
-    gt = np.zeros((h, w), np.int32)
-    gt[2:8, 2:8] = 1
-    gt[9:15, 11:17] = 2
-    emb = torch.zeros(2, h, w)
-    emb[0][torch.from_numpy(gt == 2)] = 4.0
-    seed = torch.zeros(h, w)
-    seed[torch.from_numpy(gt == 1)] = 0.95
-    seed[torch.from_numpy(gt == 2)] = 0.65
-    out = Outputs(embedding=emb[None], seed=seed[None, None], sigma=torch.ones(1, 1, h, w))
-    sample = Sample(image=np.zeros((1, h, w), np.float32), instances=gt)
+    out, sample = two_object_scene()
     cc = ClusterConfig("seeded", {"fg_thresh": 0.5, "prob_thresh": 0.5, "min_size": 4})
     grid = {"seed_thresh": [0.7, 0.6]}
     inc = {"seed_thresh": 0.7}
