@@ -76,13 +76,15 @@ def machine() -> str:
 
 
 @torch.no_grad()
-def network_outputs(model, samples) -> list:
-    """Outputs (batch 1, CPU float32) of ``model`` on each sample's whole image."""
+def network_outputs(model, samples, forward=None) -> list:
+    """Outputs (batch 1, CPU float32) of ``model`` on each sample's whole image; ``forward(x)``
+    runs instead of ``model(x)`` when given (e.g. test-time augmentation)."""
     model.eval()
+    forward = model if forward is None else forward
     outs = []
     for s in samples:
         x = torch.from_numpy(np.ascontiguousarray(s.image, np.float32))[None]
-        outs.append(model(x).map(lambda t: t.float()))
+        outs.append(forward(x).map(lambda t: t.float()))
     return outs
 
 

@@ -6,7 +6,7 @@ split each was validated on (``benchmarks/results/tta.json``, rendered into
 
 For every model the network runs over the val images twice, once plain and once with TTA (the 8
 flips / rotations of :func:`instembed.engine.inference.tta_forward`, outputs mapped back and
-averaged), on one torch thread; the CPU seconds of the network alone (``time.process_time``) are
+averaged), on one torch thread; the CPU seconds of that loop (``time.process_time``) are
 recorded per image. Both sets of outputs are then scored
 
 * at the thresholds of the model card (the clustering the shipped model uses), and
@@ -27,7 +27,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
@@ -46,22 +45,21 @@ log = logging.getLogger("tta")
 # --------------------------------------------------------------------------- measuring
 @torch.no_grad()
 def network_outputs(model, samples, mode: str) -> tuple[list, float]:
-    """(outputs (batch 1, CPU float32) of ``model`` on each sample's whole image, CPU seconds of
-    the network per image). ``mode`` "plain": one pass; "tta": the 8 symmetries averaged."""
+    """(outputs (batch 1, CPU float32) of ``model`` on each sample's whole image, CPU seconds
+    per image of that loop: the network and the input / output conversions). ``mode`` "plain":
+    one pass (:func:`train_pretrained.network_outputs`); "tta": the 8 symmetries averaged."""
     from instembed.engine.inference import tta_forward
+
+    sys.path.insert(0, str(HERE))
+    from train_pretrained import network_outputs as run_network
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    model.eval()
-    outs, cpu = [], 0.0
-    for s in samples:
-        x = torch.from_numpy(np.ascontiguousarray(s.image, np.float32))[None]
-        origin = torch.zeros(1, 2, dtype=torch.long)
-        c0 = time.process_time()
-        y = tta_forward(model, x, origin) if mode == "tta" else model(x, coords_origin=origin)
-        cpu += time.process_time() - c0
-        outs.append(y.map(lambda t: t.float()))
-    return outs, cpu / max(1, len(samples))
+    origin = torch.zeros(1, 2, dtype=torch.long)
+    forward = (lambda x: tta_forward(model, x, origin)) if mode == "tta" else None
+    c0 = time.process_time()
+    outs = run_network(model, samples, forward)
+    return outs, (time.process_time() - c0) / max(1, len(samples))
 
 
 def _around(value: float, step: float) -> list[float]:

@@ -165,7 +165,7 @@ def tune_thresholds(
         row = {"params": params, **{k: m.get(k) for k in METRICS}}
         if inc is not None and params == inc:
             row["incumbent"] = True
-            inc_metrics = m if inc_metrics is None else inc_metrics
+            inc_metrics = m
         rows.append(row)
         log.info("cluster %s: %s %.4f", params, metric, m[metric])
         key = (m[metric], m.get("AP", 0.0))
