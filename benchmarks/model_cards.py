@@ -142,6 +142,7 @@ def write_card(name: str) -> Path:
         )
         + " |",
         "",
+        *auto_scale_lines(info),
         *look_table(info.get("val_by_look")),
         *history_table(info.get("history")),
         *peer_table(info),
@@ -270,6 +271,28 @@ def peer_table(info: dict) -> list[str]:
             "",
         ]
     return lines
+
+
+def auto_scale_lines(info: dict) -> list[str]:
+    """The card's lines on ``--scale auto``: the training object sizes and the val metrics
+    with auto scale (``val_auto_scale``, written by train_pretrained), when recorded."""
+    sizes = info["config"]["data"].get("object_diameter")
+    auto = info.get("val_auto_scale")
+    if not sizes or not auto:
+        return []
+    resized = auto.get("resized") or {}
+    which = ", ".join(f"{Path(k).stem[:8]} x{v:g}" for k, v in sorted(resized.items())) or "none"
+    n = info["split"]["n_val"]
+    return [
+        f"With `--scale auto`, the default of `instembed predict` and `instembed.segment`, an "
+        "image is segmented again, shrunk, when the objects found in it are far larger than "
+        f"the training sizes (object diameters {sizes[0]:g} / {sizes[1]:g} / {sizes[2]:g} px: "
+        "5th / 50th / 95th percentile over the training images). On the val split: AP_dsb@0.5 "
+        f"**{auto['AP_dsb@0.5']:.3f}**, mean AP_dsb@0.5:0.95 {auto['AP_dsb@0.5:0.95']:.3f}, "
+        f"COCO AP {auto['AP']:.3f}, FP / image {auto['FP_per_image@0.5']:.2f} "
+        f"({len(resized)} of {n} images resized: {which}); the table above is at scale 1.",
+        "",
+    ]
 
 
 def look_table(by_look: dict | None) -> list[str]:

@@ -20,7 +20,11 @@ What it does, in order:
 5. with ``--ship``: writes ``src/instembed/pretrained/<name>.pt`` (weights + the
    resolved config, an instembed checkpoint readable with ``torch.load(weights_only=True)``),
    ``<name>.json`` (sha256 of the .pt, config, split, metrics, training time, machine) and
-   prints one JSON line with the validation metrics.
+   prints one JSON line with the validation metrics. The config records the training object
+   sizes (``data.object_diameter``, :mod:`instembed.data.sizes`) and the card the val metrics
+   with ``--scale auto`` (``val_auto_scale``).
+
+``--record-sizes NAME...`` re-ships shipped models with those two added (same weights).
 
 Training on CPU here: see docs/pretrained.md for the recipes and the measured times.
 """
@@ -43,10 +47,11 @@ import torch
 from instembed.data.dataset import InstanceDataset
 from instembed.data.looks import sample_look
 from instembed.data.readers import open_dataset
+from instembed.data.sizes import training_sizes
 from instembed.data.splits import SEED, VAL_FRACTION, split_dataset
 from instembed.engine import checkpoint as ck
 from instembed.engine.build import train_transform
-from instembed.engine.config import config_to_dict, config_to_yaml, load_config
+from instembed.engine.config import config_from_yaml, config_to_dict, config_to_yaml, load_config
 from instembed.engine.evaluation import evaluate_outputs
 from instembed.engine.trainer import Trainer
 from instembed.engine.tune import METRICS, default_grid, tune_thresholds
@@ -107,6 +112,29 @@ def metrics_by_group(outputs, samples, cluster, group_of) -> dict[str, dict]:
         m = evaluate_outputs([outputs[i] for i in idx], [samples[i] for i in idx], cluster)
         out[name] = {"n_images": len(idx), **{k: m.get(k) for k in METRICS}}
     return out
+
+
+def auto_scale_metrics(model, cfg, samples) -> dict:
+    """The val metrics of ``predict --scale auto`` (:mod:`instembed.data.sizes`; the default of
+    predict and ``instembed.segment``) and the images it resized (name -> factor)."""
+    from instembed.engine.evaluation import score
+    from instembed.engine.predict import Predictor
+
+    predictor = Predictor(model, cfg, scale="auto")
+    preds = [predictor(s.image) for s in samples]
+    m = score(samples, preds)
+    return {
+        "AP_dsb@0.5": m["AP_dsb@0.5"],
+        "AP_dsb@0.5:0.95": m["AP_dsb@0.5:0.95"],
+        "AP": m["AP"],
+        "FP_per_image@0.5": m["FP@0.5"] / len(samples),
+        "FN_per_image@0.5": m["FN@0.5"] / len(samples),
+        "resized": {
+            Path(str(s.path)).name: round(p.meta["scale"], 3)
+            for s, p in zip(samples, preds)
+            if p.meta["scale"] != 1.0
+        },
+    }
 
 
 def load_split(cfg, dataset: str) -> tuple[list, list]:
@@ -189,6 +217,44 @@ def finished_run(out: Path) -> tuple[int, float]:
     return int(state["step"]), float(seconds)
 
 
+def record_sizes(name: str, root: Path | None = None) -> dict:
+    """Re-ship the shipped model ``name`` with its training object sizes in its config
+    (``data.object_diameter``, measured on its training split; the weights, step and clustering
+    unchanged) and its val metrics with ``--scale auto`` in its card, as a new version."""
+    card_path, weights = PRETRAINED / f"{name}.json", PRETRAINED / f"{name}.pt"
+    card = json.loads(card_path.read_text())
+    state = ck.load_checkpoint(weights)
+    cfg = config_from_yaml(state["config"])
+    stored_path = cfg.data.path
+    cfg.data.path = str((root or data_root()) / card["dataset"])
+    train_samples, val_samples = load_split(cfg, card["dataset"])
+    cfg.data.object_diameter = training_sizes(train_samples)
+    cfg.data.path = stored_path
+    from instembed.engine.build import build_model_from_config
+
+    model = build_model_from_config(cfg.model)
+    ck.load_model_state(model, state["model"], source=str(weights))
+    auto = auto_scale_metrics(model.eval(), cfg, val_samples)
+    ck.save_checkpoint(
+        weights,
+        model_state=state["model"],
+        config_yaml=config_to_yaml(cfg),
+        step=int(state["step"]),
+        metrics=state.get("metrics"),
+    )
+    card.update(sha256=sha256_file(weights), config=config_to_dict(cfg), val_auto_scale=auto)
+    sizes = " / ".join(f"{v:g}" for v in cfg.data.object_diameter)
+    change = (
+        f"same weights; training object diameters ({sizes} px) recorded for predict --scale auto "
+        f"(the default): val AP_dsb@0.5 {auto['AP_dsb@0.5']:.3f} with it, "
+        f"{len(auto['resized'])} of {len(val_samples)} images resized"
+    )
+    card["history"] = history_with(name, card, change)
+    card_path.write_text(json.dumps(card, indent=1) + "\n")
+    write_card(name)
+    return {"name": name, "object_diameter": cfg.data.object_diameter, **auto}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     if argv is None:
@@ -196,6 +262,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "--card":  # only (re)write the model card of a shipped model
         for name in argv[1:]:
             print(write_card(name))
+        return 0
+    if argv and argv[0] == "--record-sizes":  # shipped models: sizes for --scale auto
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        for name in argv[1:]:
+            print(json.dumps(record_sizes(name)))
         return 0
     ap.add_argument("config", help="run config YAML (configs/pretrained/<name>.yaml)")
     ap.add_argument("--name", required=True, help="pretrained model name, e.g. bbbc039-nuclei")
@@ -259,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     path = root / args.dataset
     cfg = load_config(args.config, [*args.override, f"data.path={path}"])
     train_samples, val_samples = load_split(cfg, args.dataset)
+    if cfg.data.object_diameter is None:  # the training sizes behind predict --scale auto
+        cfg.data.object_diameter = training_sizes(train_samples)
     out = Path(args.out)
     # warm start from a shipped model: its training time and steps count towards this one's
     prior = None
@@ -367,6 +440,8 @@ def main(argv: list[str] | None = None) -> int:
             lambda s: LOOK_NAMES[sample_look(s)],
         )
         log.info("val by look: %s", by_look)
+    auto = auto_scale_metrics(model, cfg, val_samples)
+    log.info("val with scale auto: %s", auto)
     summary = {
         "name": args.name,
         "dataset": args.dataset,
@@ -393,6 +468,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "val_metrics_all": {k: v for k, v in metrics.items()},
         "val_by_look": by_look,
+        "val_auto_scale": auto,
     }
     Path(args.out, "summary.json").write_text(json.dumps(summary, indent=1))
     if args.ship:

@@ -230,7 +230,8 @@ def segment(
     normalize: str = "auto",
     min_range: float | None = None,
     device: str | None = None,
-    scale: float | None = None,
+    scale: float | str | None = None,
+    diameter: float | None = None,
     channel: int | None = None,
     frames: bool | None = None,
     cluster: dict | None = None,
@@ -272,7 +273,13 @@ def segment(
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``; ``None``/``"auto"``: CUDA when
             available, else CPU.
         scale: resize factor before the network (0.5 for objects twice the size of the
-            training data's); results come back at the image's size. ``None``: 1.
+            training data's); results come back at the image's size. ``None`` / ``"auto"``:
+            1, unless the objects found at scale 1 are far larger than those the model was
+            trained on (:func:`instembed.data.sizes.auto_scale`); then the image is segmented
+            again, shrunk to the training median (never enlarged). ``meta["scale"]`` holds the
+            factor used.
+        diameter: the objects' typical diameter in pixels, instead of ``scale``: resized by
+            the model's training median diameter / ``diameter``.
         channel: use channel ``channel`` (0-based) of a multi-channel image instead of the
             average.
         frames: ``True``: the array's first axis is a stack of frames; ``False``: it is one
@@ -351,7 +358,13 @@ def segment(
     dev = resolve_device("auto" if device is None else str(device), key="segment device")
     net, cfg = _load(model, dev)
     predictor = Predictor(
-        net, cfg, device=dev, tile=tile, tta=bool(tta), scale=1.0 if scale is None else scale
+        net,
+        cfg,
+        device=dev,
+        tile=tile,
+        tta=bool(tta),
+        scale=("auto" if diameter is None else 1.0) if scale is None else scale,
+        diameter=diameter,
     )
     from instembed.engine.config import check_cluster
 

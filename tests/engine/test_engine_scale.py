@@ -201,3 +201,140 @@ def test_rescale_of_an_empty_mask_stack_prediction():
     )
     out = rescale_instances(empty, (16, 20))
     assert len(out) == 0 and out.labels.shape == (16, 20) and out.masks.shape == (0, 16, 20)
+
+
+# --------------------------------------------------------------------------- scale="auto"
+class CountingNet(WindowCentroidNet):
+    """The oracle net, counting its forward passes and the image sizes it was given."""
+
+    def __init__(self, half: int = 6):
+        super().__init__(half)
+        self.sizes: list[tuple[int, int]] = []
+
+    def forward(self, x, coords_origin=None):
+        self.sizes.append(tuple(x.shape[-2:]))
+        return super().forward(x, coords_origin)
+
+
+def grid_discs(n: int, r: int, spacing: int) -> np.ndarray:
+    """Label image of n x n discs of radius r on a grid of ``spacing`` px (centres at
+    spacing / 2 + k spacing)."""
+    size = n * spacing
+    yy, xx = np.mgrid[:size, :size]
+    labels = np.zeros((size, size), np.int32)
+    for k in range(n * n):
+        cy, cx = spacing / 2 + (k // n) * spacing, spacing / 2 + (k % n) * spacing
+        labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = k + 1
+    return labels
+
+
+def _auto(net, sizes, **kw):
+    cfg = Config()
+    cfg.data.object_diameter = sizes
+    return Predictor(net, cfg, cluster=ClusterConfig("threshold", {"delta_v": 0.2}), **kw)
+
+
+def test_auto_scale_resizes_objects_far_outside_the_training_sizes():
+    # a window of 25 px finds discs of radius 8, 64 px apart, whole at scale 1 as well as at
+    # scale 0.5 (radius 4, 32 px apart: one disc per window); the recorded training sizes say
+    # radius ~4 (diameter 8): discs of diameter 16 are outside [6, 10] and 2x the median, so
+    # auto resizes by 8 / 16 and keeps it (diameter 8 there)
+    labels = grid_discs(3, r=8, spacing=64)
+    image = (labels[None] > 0).astype(np.float32)
+    net = CountingNet(half=12)
+    pred = _auto(net, [6.0, 8.0, 10.0], scale="auto")(image)
+    measured = pred.meta["measured_diameter"]
+    assert abs(measured - 16) < 0.3  # equivalent diameter of a radius-8 disc
+    assert pred.meta["scale"] == pytest.approx(8 / measured)
+    assert net.sizes == [(192, 192), scaled_size((192, 192), 8 / measured)]  # two passes
+    assert pred.labels.shape == labels.shape and pred.num_instances == labels.max()
+    assert min(_best_iou(labels, pred.labels)) > 0.8
+
+
+def test_auto_scale_keeps_scale_one_when_the_resized_objects_are_no_closer():
+    # the 25 px window finds radius-8 discs 28 px apart whole at scale 1; their diameter 16 is
+    # above the training range [6, 10] and 2x its median, so auto tries scale 0.5; there the
+    # discs are 14 px apart, several fall in one window and shatter into fragments farther from
+    # the median than 16 px: the scale-1 result is kept
+    labels = discs(160, 192, n=8, r=8, seed=3)
+    image = (labels[None] > 0).astype(np.float32)
+    net = CountingNet(half=12)
+    plain = _auto(CountingNet(half=12), None)(image)
+    assert plain.num_instances == labels.max()
+    pred = _auto(net, [6.0, 8.0, 10.0], scale="auto")(image)
+    assert len(net.sizes) == 2 and net.sizes[1][0] < 100  # it did try, shrunk
+    assert pred.meta["scale"] == 1.0
+    np.testing.assert_array_equal(pred.labels, plain.labels)
+
+
+def test_auto_scale_never_enlarges():
+    # the 13 px window shatters radius-8 discs into ~4 px fragments: below the training range
+    # and half its median, but auto does not enlarge (fragments look like small objects)
+    labels = discs(120, 140, n=5, r=8, seed=4)
+    image = (labels[None] > 0).astype(np.float32)
+    net = CountingNet(half=6)
+    pred = _auto(net, [6.0, 8.0, 10.0], scale="auto")(image)
+    assert pred.meta["measured_diameter"] < 6
+    assert len(net.sizes) == 1 and pred.meta["scale"] == 1.0
+
+
+def test_auto_scale_is_one_pass_inside_the_range_or_without_recorded_sizes():
+    labels = discs(96, 96, n=5, r=4, seed=1)
+    image = (labels[None] > 0).astype(np.float32)
+    plain = _predictor()(image)
+    for sizes in ([6.0, 8.0, 10.0], None):
+        net = CountingNet(half=6)
+        pred = _auto(net, sizes, scale="auto")(image)
+        assert len(net.sizes) == 1 and pred.meta["scale"] == 1.0
+        assert abs(pred.meta["measured_diameter"] - 8) < 0.3
+        np.testing.assert_array_equal(pred.labels, plain.labels)
+
+
+def test_diameter_sets_the_scale_from_the_training_median():
+    labels = grid_discs(3, r=8, spacing=64)
+    image = (labels[None] > 0).astype(np.float32)
+    by_diameter = _auto(CountingNet(half=12), [6.0, 8.0, 10.0], diameter=16)(image)
+    by_scale = _auto(CountingNet(half=12), [6.0, 8.0, 10.0], scale=0.5)(image)
+    assert by_diameter.meta["scale"] == 0.5
+    np.testing.assert_array_equal(by_diameter.labels, by_scale.labels)
+    with pytest.raises(ValueError, match="no recorded training object size"):
+        _auto(CountingNet(), None, diameter=16)
+    with pytest.raises(ValueError, match="give scale or diameter, not both"):
+        _auto(CountingNet(), [6.0, 8.0, 10.0], scale=0.5, diameter=16)
+    with pytest.raises(ValueError, match="scale must be a number > 0 or 'auto'"):
+        _auto(CountingNet(), None, scale="big")
+
+
+def test_predict_cli_auto_is_the_default_and_its_factor_is_in_the_json(tiny_checkpoint, tmp_path):
+    import json
+
+    img = (np.random.default_rng(1).random((40, 48)) * 255).astype(np.uint8)
+    Image.fromarray(img).save(tmp_path / "a.png")
+    args = ["predict", str(tmp_path / "a.png"), "--model", str(tiny_checkpoint), "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "o")]) == 0
+    table = json.loads((tmp_path / "o" / "a.json").read_text())
+    assert table["scale"] == 1.0  # the tiny model records no training sizes: scale 1
+    assert "measured_diameter" in table
+    assert main([*args, "--out", str(tmp_path / "h"), "--scale", "0.5"]) == 0
+    assert json.loads((tmp_path / "h" / "a.json").read_text())["scale"] == 0.5
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--diameter", "20"], "no recorded training object size"),
+        (["--diameter", "0"], "--diameter must be a number of pixels > 0"),
+        (["--diameter", "20", "--scale", "0.5"], "give --scale or --diameter, not both"),
+        (["--scale", "large"], "expected a number > 0 or 'auto'"),
+    ],
+)
+def test_predict_cli_refuses_bad_diameters(tiny_checkpoint, tmp_path, capsys, extra, message):
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "a.png")
+    args = ["predict", str(tmp_path / "a.png"), "--model", str(tiny_checkpoint)]
+    try:  # a bad --scale is refused by the argument parser (exit 2)
+        rc = main([*args, "--out", str(tmp_path / "o"), *extra])
+    except SystemExit as stop:
+        rc = stop.code
+    assert rc == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -313,3 +313,28 @@ def test_validation_with_tuned_thresholds_is_the_best_of_the_grid(tmp_path):
     assert tuned["AP"] == pytest.approx(best["AP"])
     chosen = plain[tuned["cluster/bandwidth"]]
     assert (chosen["AP_dsb@0.5"], chosen["AP"]) == (best["AP_dsb@0.5"], best["AP"])
+
+
+def test_training_records_the_object_sizes_of_its_training_set(tmp_path):
+    import numpy as np
+
+    from instembed.engine.build import load_samples
+    from instembed.engine.predict import load_model
+
+    cfg = tiny_config(steps=1)
+    cfg.data.n_train = 3
+    assert cfg.data.object_diameter is None
+    Trainer(cfg, tmp_path).fit()
+    # by hand: each object's sqrt(4 area / pi), the median per image, percentiles 5 / 50 / 95
+    train, _ = load_samples(cfg.data, cfg.run.seed)
+    per_image = []
+    for s in train:
+        lab = s.instances
+        d = [2 * np.sqrt((lab == i).sum() / np.pi) for i in range(1, lab.max() + 1)]
+        per_image.append(np.median([v for v in d if v > 0]))
+    expect = np.percentile(per_image, [5, 50, 95])
+    np.testing.assert_allclose(cfg.data.object_diameter, expect, atol=0.006)
+    _, stored = load_model(tmp_path / LAST)  # kept in the checkpoint's config
+    assert stored.data.object_diameter == cfg.data.object_diameter
+    # a disc of radius 3 has 29 pixels: diameter 2 sqrt(29 / pi) = 6.08
+    assert abs(cfg.data.object_diameter[1] - 2 * np.sqrt(29 / np.pi)) < 0.5

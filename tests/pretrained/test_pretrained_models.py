@@ -125,6 +125,31 @@ def test_worm_model_on_a_val_well_against_the_mask_stack(shared_data, predictors
     assert m["AP_dsb@0.5"] >= MIN_AP_DSB_WORMS, m["AP_dsb@0.5"]
 
 
+def test_dsb_model_shrinks_nuclei_far_larger_than_its_training_nuclei(shared_data, predictors):
+    """DSB2018 val image c901794d: nuclei of median diameter 94 px, where the training images'
+    median sizes reach 49 px (95th percentile, recorded in the model's config). At scale 1 the
+    model cuts each into pieces (measured when shipped: pieces of 52 px, AP_dsb@0.5 0.0); scale
+    auto shrinks the image by 19.5 / 52 = 0.375 and finds the nuclei whole (measured: 1.0)."""
+    from instembed.data.readers import open_dataset
+    from instembed.data.splits import split_dataset
+
+    plain = predictors("dsb2018-nuclei")
+    low, median, high = plain.cfg.data.object_diameter
+    assert 15 < median < 25 and high < 60  # the recorded training sizes
+    params = plain.cfg.data.reader_params
+    reader = open_dataset(shared_data("dsb2018"), format="dsb2018", **params)
+    _, val = split_dataset(reader, "dsb2018")
+    i = next(i for i, name in enumerate(val.names) if name.startswith("c901794d"))
+    sample = val[i]
+    at_one = plain(sample.image)
+    auto = Predictor(plain.model, plain.cfg, scale="auto")(sample.image)
+    ap_one = evaluate_image(sample.instances, at_one.labels)["AP_dsb@0.5"]
+    ap_auto = evaluate_image(sample.instances, auto.labels, scores=auto.scores)["AP_dsb@0.5"]
+    assert auto.meta["measured_diameter"] > 1.5 * median
+    assert 0.3 < auto.meta["scale"] < 0.45
+    assert ap_one <= 0.2 and ap_auto >= 0.9, (ap_one, ap_auto)
+
+
 def test_cli_predict_by_name_writes_the_predictors_labels(shared_data, predictors, tmp_path):
     import tifffile
 

@@ -1,7 +1,10 @@
 """``instembed predict --model M INPUTS... --out DIR [--tile SIZE --overlap PX] [--tta] [--batch N]
-[--scale S] [--cluster KEY=VALUE ...] [--blocks SIZE] [--scheduler ADDRESS] [--workers N]``."""
+[--scale S|auto] [--diameter D] [--cluster KEY=VALUE ...] [--blocks SIZE] [--scheduler ADDRESS]
+[--workers N]``."""
 
 from __future__ import annotations
+
+import argparse
 
 from instembed.commands._options import add_threads_argument, show_defaults
 
@@ -13,8 +16,11 @@ instance) and DIR/<stem>_overlay.png; optionally one COCO results json (RLE) and
 PNGs + json. Images that fail to load are reported, skipped and listed at the end, and the
 exit code is then 1. --scale S resizes each image by S before the network (objects of another
 size than the model's training data: 0.5 when they are twice as large) and writes the results
-at the image's own size. --cluster overrides are checked against the clustering method's
-parameters (names, types, required ones) before any image is read.
+at the image's own size; --scale auto (the default) does so only for images whose objects,
+segmented at scale 1, are far larger than those the model was trained on (the factor used is
+in each image's JSON); --diameter D resizes objects of D pixels to the training median.
+--cluster overrides are checked against the clustering method's parameters (names, types,
+required ones) before any image is read.
 
 Huge images: --blocks SIZE segments each input (TIFF read lazily, zarr / OME-Zarr folder, or any
 image) block by block into DIR/<stem>.zarr (a zarr group; the label array is <stem>.zarr/labels)
@@ -22,6 +28,16 @@ as Dask tasks: on a local cluster of --workers processes, or on the cluster of -
 ADDRESS. Running the same command again after a failure computes only the missing blocks.
 Many images: --scheduler or --workers without --blocks spreads the images over Dask workers,
 each written as without them (--resume skips images whose files all exist)."""
+
+
+def _scale_arg(text: str):
+    """--scale: "auto" or a number > 0 (checked in run, with the other options)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0 or 'auto', got {text!r}") from None
 
 
 def add_arguments(parser) -> None:
@@ -58,11 +74,21 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch", type=int, default=1, help="tiles per forward pass")
     parser.add_argument(
         "--scale",
-        type=float,
-        default=1.0,
+        type=_scale_arg,
+        default="auto",
         metavar="S",
         help="resize each image by S before the network (bilinear; e.g. 0.5 for objects twice "
-        "the size of the training data's); labels are written at the image's own size",
+        "the size of the training data's); labels are written at the image's own size. auto: "
+        "1, unless the objects found at scale 1 are above the model's training size range "
+        "and over 1.5x its median: then shrunk to that median (never enlarged; 1 with --blocks)",
+    )
+    parser.add_argument(
+        "--diameter",
+        type=float,
+        default=None,
+        metavar="D",
+        help="typical object diameter in the images (pixels): resize by the model's training "
+        "median diameter / D (instead of --scale)",
     )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     parser.add_argument(
@@ -237,8 +263,14 @@ def run(args) -> int:
         raise ValueError(f"--overlap must be >= 0, got {args.overlap}")
     if args.halo < 0:
         raise ValueError(f"--halo must be >= 0, got {args.halo}")
-    if not args.scale > 0 or args.scale == float("inf"):
-        raise ValueError(f"--scale must be a number > 0, got {args.scale}")
+    if args.scale != "auto" and (not args.scale > 0 or args.scale == float("inf")):
+        raise ValueError(f"--scale must be a number > 0 or auto, got {args.scale}")
+    if args.diameter is not None:
+        if not args.diameter > 0 or args.diameter == float("inf"):
+            raise ValueError(f"--diameter must be a number of pixels > 0, got {args.diameter}")
+        if args.scale != "auto":
+            raise ValueError(f"give --scale or --diameter, not both (--scale {args.scale})")
+        args.scale = 1.0
     if args.cluster:  # the syntax of the overrides, before the model is loaded
         from instembed.engine.config import ClusterConfig
 
@@ -290,6 +322,7 @@ def run(args) -> int:
         tta=args.tta,
         batch=args.batch,
         scale=args.scale,
+        diameter=args.diameter,
         halo=args.halo,
     )
     predictor.cluster = _cluster_config(predictor.cluster, args.cluster)  # before any image
@@ -373,7 +406,8 @@ def _check_dask_options(args) -> bool:
             raise ValueError(f"--blocks must be >= 16 pixels, got {args.blocks}")
         for given, name in (
             (args.tile is not None, "--tile (the in-memory block size)"),
-            (args.scale != 1.0, "--scale"),
+            (args.scale not in (1.0, "auto"), "--scale"),
+            (args.diameter is not None, "--diameter"),
             (args.batch != 1, "--batch"),
             (args.format != "tif", "--format"),
         ):
@@ -532,6 +566,7 @@ def _run_files_on_dask(args, files, names, out, skip, bad) -> int:
         tile=args.tile,
         halo=args.halo,
         scale=args.scale,
+        diameter=args.diameter,
         batch=args.batch,
     )
     out.mkdir(parents=True, exist_ok=True)

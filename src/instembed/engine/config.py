@@ -68,12 +68,15 @@ class DataConfig:
     num_workers: int = 0
     center: str = "centroid"  # spatial-loss centres (data.centres); "centroid" = per crop
     look_weights: dict[str, float] | None = None  # {look: weight} draws (data.looks); None = off
+    object_diameter: list[float] | None = None  # [low, median, high] px (data.sizes); by train
 
     def __post_init__(self) -> None:  # bad look weights / min_range fail before any work
         from instembed.data.looks import check_look_weights
         from instembed.data.normalize import model_normalization
+        from instembed.data.sizes import check_sizes
 
         try:
+            self.object_diameter = check_sizes(self.object_diameter)
             self.look_weights is None or check_look_weights(self.look_weights)
             isinstance(self.reader_params, dict) and model_normalization(self.reader_params)
         except ValueError as err:

@@ -67,7 +67,8 @@ class ModelSpec:
     overlap: int | None = None
     tile: int | None = None
     halo: int | None = None
-    scale: float = 1.0
+    scale: float | str = 1.0
+    diameter: float | None = None
     batch: int = 1
     threads: int | None = None
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
@@ -101,6 +102,7 @@ class ModelSpec:
                 cluster=self.cluster,
                 halo=self.halo,
                 scale=self.scale,
+                diameter=self.diameter,
             )
             _CACHE[self.token] = pred
             _LOADS[self.token] = _LOADS.get(self.token, 0) + 1

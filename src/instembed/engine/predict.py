@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from instembed.data.sizes import auto_scale, closer_to_median, diameter_scale, image_diameter
 from instembed.engine import checkpoint as ck
 from instembed.engine.blockwise import (
     DEFAULT_HALO,
@@ -148,7 +149,14 @@ class Predictor:
     when they are twice as large); everything above then works on the resized image, and the
     instances come back at the input size (:func:`rescale_instances`: labels, masks and the
     semantic map by nearest neighbour, boxes scaled, scores and classes unchanged).
-    ``outputs(image)`` is not resized.
+    ``outputs(image)`` is not resized. ``scale="auto"`` picks the factor per image from the
+    size of the objects found at scale 1 and the training sizes in ``cfg.data.object_diameter``
+    (:func:`instembed.data.sizes.auto_scale`: shrunk only when the objects are far larger
+    than the training sizes, and the shrunk result kept only when its objects come out closer
+    to the training median; never enlarged); ``diameter`` (pixels, the objects' typical size)
+    sets ``scale`` to the training median over ``diameter``
+    (:func:`instembed.data.sizes.diameter_scale`). The factor used is in ``meta["scale"]``;
+    with auto, the size measured at scale 1 in ``meta["measured_diameter"]``.
     """
 
     def __init__(
@@ -163,9 +171,15 @@ class Predictor:
         batch: int = 1,
         cluster: ClusterConfig | None = None,
         halo: int | None = None,
-        scale: float = 1.0,
+        scale: float | str = 1.0,
+        diameter: float | None = None,
     ) -> None:
         self.scale = check_scale(scale)
+        self.sizes = getattr(cfg.data, "object_diameter", None)
+        if diameter is not None:
+            if self.scale != 1.0:
+                raise ValueError(f"give scale or diameter, not both (scale {scale!r})")
+            self.scale = diameter_scale(diameter, self.sizes)
         self.model = model.to(device).eval()
         self.cfg = cfg
         self.cluster = cluster or cfg.cluster
@@ -203,20 +217,43 @@ class Predictor:
     def __call__(self, image, progress=None) -> Instances:
         """Instances of one image; ``progress(done, total)`` is called after each block (when
         the image, resized by ``scale``, is segmented block by block)."""
+        if self.scale == AUTO:
+            pred = self._segment(image, progress)
+            measured = image_diameter(pred.numpy().masks_or_labels)
+            factor = auto_scale(measured, self.sizes)
+            if factor != 1.0:
+                again = self._resized(image, factor, progress)
+                resized = image_diameter(again.masks_or_labels) * factor
+                keep = closer_to_median(resized, measured, self.sizes)
+                log.info(
+                    "objects of %.1f px, training median %s px: resized by %.3g, objects of "
+                    "%.1f px there (%s)",
+                    measured,
+                    self.sizes[1],
+                    factor,
+                    resized,
+                    "kept" if keep else "no closer to the median: scale 1 kept",
+                )
+                pred, factor = (again, factor) if keep else (pred, 1.0)
+            pred.meta.update(scale=factor, measured_diameter=measured)
+            return pred
         if self.scale == 1.0:
             return self._segment(image, progress)
+        return self._resized(image, self.scale, progress)
+
+    def _resized(self, image, factor: float, progress=None) -> Instances:
         x = self._tensor(image)
         size = (int(x.shape[-2]), int(x.shape[-1]))
-        small = resize_image(x, scaled_size(size, self.scale))
+        small = resize_image(x, scaled_size(size, factor))
         pred = rescale_instances(self._segment(small, progress), size)
-        pred.meta["scale"] = self.scale
+        pred.meta["scale"] = factor
         return pred
 
     def will_block(self, image) -> bool:
         """Whether ``self(image)`` segments the image block by block (its size after ``scale``
         above ``AUTO_BLOCK_SIDE``, or ``tile`` given)."""
         size = (int(image.shape[-2]), int(image.shape[-1]))
-        if self.scale != 1.0:
+        if self.scale not in (1.0, AUTO):  # auto: decided by the first pass, at scale 1
             size = scaled_size(size, self.scale)
         return auto_block(size, self.tile) is not None
 
@@ -252,16 +289,22 @@ class Predictor:
 
 
 # --------------------------------------------------------------------------- scale
-def check_scale(scale) -> float:
-    """``scale`` as a float; ValueError unless it is a finite number > 0."""
+AUTO = "auto"
+
+
+def check_scale(scale) -> float | str:
+    """``scale`` as a float, or ``"auto"``; ValueError unless it is ``"auto"`` or a finite
+    number > 0."""
     import math
 
+    if isinstance(scale, str) and scale.strip().lower() == AUTO:
+        return AUTO
     try:
         value = float(scale)
     except (TypeError, ValueError):
-        raise ValueError(f"scale must be a number > 0, got {scale!r}") from None
+        raise ValueError(f"scale must be a number > 0 or 'auto', got {scale!r}") from None
     if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"scale must be a number > 0, got {scale!r}")
+        raise ValueError(f"scale must be a number > 0 or 'auto', got {scale!r}")
     return value
 
 
@@ -375,11 +418,13 @@ def write_prediction(
     written = [write_labels(out_dir / f"{stem}.{opts.labels_format}", pred.masks_or_labels)]
     recs = W.instance_records(pred.masks_or_labels, pred.scores, pred.classes)
     h, w = pred.labels.shape
-    written.append(
-        W.write_json(
-            out_dir / f"{stem}.json", {"image": stem, "height": h, "width": w, "instances": recs}
-        )
-    )
+    table: dict = {"image": stem, "height": h, "width": w}
+    for key in ("scale", "measured_diameter"):  # the factor used (--scale S / auto / --diameter)
+        if key in pred.meta:
+            value = float(pred.meta[key])
+            table[key] = value if np.isfinite(value) else None
+    table["instances"] = recs
+    written.append(W.write_json(out_dir / f"{stem}.json", table))
     if opts.overlay:
         written.append(W.write_overlay(out_dir / f"{stem}_overlay.png", image, pred.labels))
     return written

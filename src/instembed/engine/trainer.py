@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -143,6 +144,29 @@ def clear_run_files(out: str | Path) -> list[str]:
     return found
 
 
+SIZE_SAMPLES = 256  # training images measured for data.object_diameter
+
+
+def measure_object_sizes(train_set) -> list[float] | None:
+    """``[low, median, high]`` object diameters of the training samples behind ``train_set``
+    (its ``samples``, before augmentation, at most :data:`SIZE_SAMPLES` of them;
+    :func:`instembed.data.sizes.training_sizes`), kept in the run's config as
+    ``data.object_diameter`` for ``scale="auto"`` prediction. None (logged) when the set
+    exposes no samples or they hold no objects."""
+    from instembed.data.sizes import training_sizes
+
+    samples = getattr(train_set, "samples", None)
+    sizes = None
+    if samples is not None and len(samples):  # at most SIZE_SAMPLES images, evenly spaced
+        picks = np.unique(np.linspace(0, len(samples) - 1, min(len(samples), SIZE_SAMPLES)))
+        sizes = training_sizes(samples[int(i)] for i in picks)
+    if sizes is None:
+        log.info("training object sizes not recorded (no samples with objects to measure)")
+    else:
+        log.info("training object diameters (5th / 50th / 95th percentile, px): %s", sizes)
+    return sizes
+
+
 class NonFiniteLossError(RuntimeError):
     """The loss (or gradient norm) became NaN/inf; ``step`` and ``terms`` say where and which."""
 
@@ -216,6 +240,8 @@ class Trainer:
         self.train_set, self.val_samples = train_set, val_samples
         if len(self.train_set) == 0:
             raise ValueError("the training set is empty")
+        if cfg.data.object_diameter is None and not resume:
+            cfg.data.object_diameter = measure_object_sizes(self.train_set)
         self.model = build_model_from_config(cfg.model).to(self.device)
         if cfg.optim.channels_last:  # before the optimizer: its states follow the weights
             self.model = self.model.to(memory_format=torch.channels_last)

@@ -1,0 +1,123 @@
+"""Object sizes (instembed.data.sizes): equivalent diameters, the training size range, and the
+auto / diameter resize factors, against hand-derived values."""
+
+import math
+
+import numpy as np
+import pytest
+
+from instembed.data.sample import Sample
+from instembed.data.sizes import (
+    auto_scale,
+    check_sizes,
+    closer_to_median,
+    diameter_scale,
+    equivalent_diameters,
+    image_diameter,
+    training_sizes,
+)
+
+
+def _d(area: float) -> float:  # equivalent diameter by hand
+    return 2 * math.sqrt(area / math.pi)
+
+
+def test_equivalent_diameters_of_a_label_image_and_a_stack():
+    lab = np.zeros((30, 30), np.int32)
+    lab[0:10, 0:10] = 1  # 100 px
+    lab[20:22, 20:28] = 3  # 16 px; id 2 absent: skipped
+    np.testing.assert_allclose(equivalent_diameters(lab), [_d(100), _d(16)])
+    stack = np.zeros((3, 12, 12), bool)
+    stack[0, :5, :5] = True  # 25 px
+    stack[2, 2:11, 2:11] = True  # 81 px, overlaps the first: each mask counted whole
+    np.testing.assert_allclose(equivalent_diameters(stack), [_d(25), _d(81)])  # empty skipped
+    # a disc of radius r has equivalent diameter close to 2 r
+    yy, xx = np.mgrid[:101, :101]
+    disc = ((yy - 50) ** 2 + (xx - 50) ** 2 <= 30**2).astype(np.int32)
+    assert abs(image_diameter(disc) - 60) < 0.2
+    assert math.isnan(image_diameter(np.zeros((5, 5), np.int32)))
+    with pytest.raises(ValueError, match=r"\(H, W\) or a mask stack"):
+        equivalent_diameters(np.zeros(5, np.int32))
+
+
+def test_image_diameter_is_the_median_over_objects():
+    lab = np.zeros((40, 40), np.int32)
+    lab[0:2, 0:2] = 1  # 4 px
+    lab[10:20, 10:20] = 2  # 100 px
+    lab[30:39, 30:39] = 3  # 81 px
+    assert image_diameter(lab) == pytest.approx(_d(81))
+
+
+def _sample(areas: list[int]) -> Sample:
+    lab = np.zeros((64, 64), np.int32)
+    for i, a in enumerate(areas, start=1):  # one row strip of a px per object
+        lab[4 * i, :a] = i
+    return Sample(image=np.zeros((1, 64, 64), np.float32), instances=lab)
+
+
+def test_training_sizes_are_percentiles_of_the_per_image_medians():
+    a, b, c = _d(10), _d(30), _d(50)
+    samples = [_sample([10]), _sample([20, 30, 40]), _sample([]), _sample([50, 50])]
+    low, median, high = training_sizes(samples)  # the empty image is left out
+    # numpy's linear percentiles of [a, b, c]: rank 0.05 * 2 = 0.1, 1, 1.9
+    assert low == pytest.approx(a + 0.1 * (b - a), abs=0.01)
+    assert median == pytest.approx(b, abs=0.01)
+    assert high == pytest.approx(b + 0.9 * (c - b), abs=0.01)
+    assert training_sizes([_sample([])]) is None
+
+
+@pytest.mark.parametrize(
+    "bad", [[1, 2], [3, 2, 4], [0, 1, 2], [1, float("nan"), 3], "123", "auto", 5]
+)
+def test_check_sizes_refuses_what_is_not_low_median_high(bad):
+    with pytest.raises(ValueError, match=r"data.object_diameter: expected \[low, median, high\]"):
+        check_sizes(bad)
+
+
+def test_check_sizes_accepts_three_ordered_numbers():
+    assert check_sizes((5, 5, 9)) == [5.0, 5.0, 9.0]
+    assert check_sizes(None) is None
+
+
+def test_auto_scale_by_hand():
+    sizes = [10.0, 20.0, 40.0]
+    assert auto_scale(25.0, sizes) == 1.0  # inside the range
+    assert auto_scale(45.0, sizes) == pytest.approx(20 / 45)  # above it, and 2.25x the median
+    assert auto_scale(60.0, sizes) == pytest.approx(20 / 60)
+    assert auto_scale(1000.0, sizes) == 0.25  # 50x: clipped
+    # below the range: never enlarged (noise fragments look like small objects)
+    assert auto_scale(5.0, sizes) == 1.0
+    assert auto_scale(2.0, sizes) == 1.0
+    # a narrow range: above it, but within 1.5x of the median -> left alone
+    narrow = [33.6, 35.8, 36.5]
+    assert auto_scale(37.8, narrow) == 1.0
+    assert auto_scale(54.0, narrow) == pytest.approx(35.8 / 54)
+    assert auto_scale(float("nan"), sizes) == 1.0  # nothing found
+    assert auto_scale(60.0, None) == 1.0  # no recorded sizes
+
+
+def test_auto_scale_ratio_boundary():
+    # above [10, 40], but not more than 1.5x the median 30: left alone
+    assert auto_scale(45.0, [10.0, 30.0, 40.0]) == 1.0
+    assert auto_scale(46.0, [10.0, 30.0, 40.0]) == pytest.approx(30 / 46)
+    # more than 1.5x the median 20, but inside the range [10, 40]: left alone
+    assert auto_scale(35.0, [10.0, 20.0, 40.0]) == 1.0
+
+
+def test_closer_to_median():
+    sizes = [10.0, 20.0, 40.0]
+    assert closer_to_median(25.0, 60.0, sizes) is True  # |log 25/20| < |log 60/20|
+    assert closer_to_median(8.0, 60.0, sizes) is True  # 20/8 = 2.5 < 60/20 = 3
+    assert closer_to_median(6.0, 60.0, sizes) is False  # 20/6 = 3.33 > 3
+    assert closer_to_median(4.0, 8.0, sizes) is False  # shattered further: 5 > 2.5
+    assert not closer_to_median(float("nan"), 60.0, sizes)
+
+
+def test_diameter_scale():
+    assert diameter_scale(40, [10, 20, 30]) == pytest.approx(0.5)
+    assert diameter_scale(1, [10, 20, 30]) == 4.0  # clipped
+    with pytest.raises(ValueError, match="no recorded training object size"):
+        diameter_scale(40, None)
+    for bad in (0, -3, float("inf"), "x"):
+        with pytest.raises(ValueError, match="expected an object diameter in pixels > 0"):
+            diameter_scale(bad, [10, 20, 30])
