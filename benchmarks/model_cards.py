@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 from instembed.engine import checkpoint as ck
 
 REPO = Path(__file__).resolve().parents[1]
@@ -170,11 +172,42 @@ def write_card(name: str) -> Path:
     return path
 
 
+def weights_digest(path: Path) -> str:
+    """sha256 over the tensors (names, dtypes, shapes, bytes) of the checkpoint ``path``'s
+    model state: the same for two files that hold the same weights with another config."""
+    import hashlib
+
+    h = hashlib.sha256()
+    state = ck.load_checkpoint(path)["model"]
+    for k in sorted(state):
+        t = state[k].detach().cpu().contiguous()
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update((t.float() if t.dtype == torch.bfloat16 else t).numpy().tobytes())
+    return h.hexdigest()
+
+
+def same_model_shas(info: dict) -> set[str]:
+    """sha256s of the card's versions whose measurements hold for its current version: itself,
+    and every history row with the same weights (``weights``, :func:`weights_digest`), the same
+    input normalisation (``reader_params``) and the same clustering as the current one (a
+    re-ship that changed only the config's metadata, e.g. the recorded object sizes)."""
+    rows = info.get("history") or []
+    now = next((r for r in reversed(rows) if r.get("sha256") == info.get("sha256")), None)
+    same = {info.get("sha256")}
+    keys = ("weights", "reader_params", "cluster")
+    if now is not None and all(now.get(k) is not None for k in keys):
+        same |= {r["sha256"] for r in rows if all(r.get(k) == now[k] for k in keys)}
+    return same
+
+
 def history_with(name: str, card: dict, change: str) -> list[dict]:
     """The history of the shipped model ``name`` (its current card's ``history``) with one row
-    for the version in ``card``: what changed, total steps and training time, val metrics."""
+    for the version in ``card``: what changed, total steps and training time, val metrics, the
+    sha256 of the file, the digest of its weights (:func:`weights_digest`, of the shipped
+    ``<name>.pt``: call this after writing it) and its input normalisation."""
     old = PRETRAINED / f"{name}.json"
     rows = list(json.loads(old.read_text()).get("history", [])) if old.is_file() else []
+    weights = PRETRAINED / f"{name}.pt"
     m = card["val_metrics"]
     init = card.get("init") or {}
     rows.append(
@@ -186,6 +219,8 @@ def history_with(name: str, card: dict, change: str) -> list[dict]:
             **{k: m.get(k) for k in ("AP_dsb@0.5", "AP", "AP_dsb@0.5:0.95", "FP_per_image@0.5")},
             "cluster": card["cluster"]["params"],
             "sha256": card["sha256"],
+            **({"weights": weights_digest(weights)} if weights.is_file() else {}),
+            "reader_params": card.get("config", {}).get("data", {}).get("reader_params"),
         }
     )
     return rows
@@ -215,22 +250,22 @@ def history_table(rows: list[dict] | None) -> list[str]:
 
 def peer_table(info: dict) -> list[str]:
     """Peers trained beside this model (``benchmarks/results/peer_*<dataset>.json`` written by
-    ``benchmarks/peer_*.py``): those that scored this very version (same sha256), then those that
+    ``benchmarks/peer_*.py``): those that scored this very version (same sha256, or a version
+    with the same weights and clustering: :func:`same_model_shas`), then those that
     scored an earlier version of the card's history, each group under its own heading (a peer's
     budget is that of the version it was trained beside). Smoke tests and runs against a sha
     the card does not know are left out."""
     results = REPO / "benchmarks" / "results"
     versions = {h["sha256"]: h["version"] for h in info.get("history") or [] if h.get("sha256")}
     this = versions.get(info["sha256"])
+    current = same_model_shas(info)  # this version, or one with its weights and clustering
     groups: dict[int | None, tuple[list, list]] = {}
     for path in sorted(results.glob(f"peer_*{info['dataset']}.json")):
         r = json.loads(path.read_text())
         sha = r["shipped_model"]["sha256"]
-        if r.get("smoke_test") or (sha != info["sha256"] and sha not in versions):
+        if r.get("smoke_test") or (sha not in current and sha not in versions):
             continue
-        rows, scripts = groups.setdefault(
-            None if sha == info["sha256"] else versions[sha], ([], [])
-        )
+        rows, scripts = groups.setdefault(None if sha in current else versions[sha], ([], []))
         if not rows:
             rows.append(r["rows"][0])
         facts = r.get("stardist") or r.get("cellpose") or {}

@@ -132,3 +132,68 @@ def test_peer_table_keeps_peers_of_an_earlier_version_under_their_own_heading(fo
     headings = [ln for ln in mc.peer_table(this) if ln.startswith("## ")]
     assert len(headings) == 2 and "same CPU budget" in headings[0]
     assert "beside version 1" in headings[1]
+
+
+def test_weights_digest_ignores_the_config_and_sees_every_tensor(tmp_path):
+    import torch
+
+    from instembed.engine import checkpoint as ck
+
+    state = {"a.weight": torch.arange(6.0).reshape(2, 3), "b.bias": torch.ones(2)}
+    ck.save_checkpoint(tmp_path / "1.pt", model_state=state, config_yaml="data: {}\n", step=5)
+    ck.save_checkpoint(
+        tmp_path / "2.pt",
+        model_state=state,
+        config_yaml="data: {object_diameter: [1, 2, 3]}\n",
+        step=5,
+    )
+    changed = {**state, "b.bias": torch.tensor([1.0, 1.0 + 2**-20])}
+    ck.save_checkpoint(tmp_path / "3.pt", model_state=changed, config_yaml="data: {}\n", step=5)
+    renamed = {"a.weight": state["a.weight"], "c.bias": state["b.bias"]}
+    ck.save_checkpoint(tmp_path / "4.pt", model_state=renamed, config_yaml="data: {}\n", step=5)
+    d = [mc.weights_digest(tmp_path / f"{i}.pt") for i in (1, 2, 3, 4)]
+    assert (tmp_path / "1.pt").read_bytes() != (tmp_path / "2.pt").read_bytes()
+    assert d[0] == d[1] and len({d[0], d[2], d[3]}) == 3
+
+
+def test_same_model_shas_needs_weights_inputs_and_clustering_alike():
+    pr = {"normalize": "percentile"}
+    hist = [
+        {"version": 1, "sha256": "1", "weights": "w", "reader_params": pr, "cluster": {"s": 0.8}},
+        {"version": 2, "sha256": "2", "weights": "w", "reader_params": pr, "cluster": {"s": 0.9}},
+        {"version": 3, "sha256": "3", "weights": "w", "reader_params": {}, "cluster": {"s": 0.9}},
+        {"version": 4, "sha256": "4", "weights": "v", "reader_params": pr, "cluster": {"s": 0.9}},
+        {"version": 5, "sha256": "5", "weights": "w", "reader_params": pr, "cluster": {"s": 0.9}},
+    ]
+    # version 5: same weights, inputs and clustering as version 2 only
+    assert mc.same_model_shas({"sha256": "5", "history": hist}) == {"2", "5"}
+    # a row without a weights digest (older cards) matches nothing but itself
+    old = [{"version": 1, "sha256": "1"}, {"version": 2, "sha256": "2"}]
+    assert mc.same_model_shas({"sha256": "2", "history": old}) == {"2"}
+    assert mc.same_model_shas({"sha256": "9"}) == {"9"}
+
+
+def test_peer_table_counts_a_reship_with_the_same_weights_as_this_version(folders):
+    _, res = folders
+    rows = [
+        {
+            "method": m,
+            "AP_dsb@0.5": 0.8,
+            "AP_dsb@0.5:0.95": 0.7,
+            "AP": 0.6,
+            "FP_per_image@0.5": 2.0,
+            "s_per_image": 0.3,
+            "train_seconds": 600.0,
+        }
+        for m in ("instembed", "stardist")
+    ]
+    this = card("b" * 64, 400, 1000, 0.93, 2.0)
+    same = {"weights": "w", "reader_params": {"normalize": "percentile"}, "cluster": {"s": 1}}
+    this["history"] = [
+        {"version": 1, "sha256": "a" * 64, **same},
+        {"version": 2, "sha256": "b" * 64, **same},  # re-shipped: only the config's metadata
+    ]
+    peer = {"script": "p.py", "shipped_model": {"sha256": "a" * 64}, "rows": rows}
+    (res / "peer_bbbc039.json").write_text(json.dumps(peer))
+    headings = [ln for ln in mc.peer_table(this) if ln.startswith("## ")]
+    assert len(headings) == 1 and "same CPU budget" in headings[0]
