@@ -174,7 +174,12 @@ def train_on_split(
     trainer = Trainer(cfg, out, resume=resume)
     if init is not None and not resume:
         state = ck.load_checkpoint(init, map_location="cpu")
-        ck.load_model_state(trainer.model, state["model"], source=str(init))
+        weights = state["model"]
+        old_cfg = config_from_yaml(state["config"]) if "config" in state else None
+        if old_cfg is not None and old_cfg.model.in_channels == 1 < cfg.model.in_channels:
+            weights = ck.gray_to_colour(trainer.model, weights, source=str(init))
+            log.info("gray weights widened to %d input channels", cfg.model.in_channels)
+        ck.load_model_state(trainer.model, weights, source=str(init))
         log.info("initialised the weights from %s (its step %s)", init, state.get("step"))
     trainer.train_set = InstanceDataset(
         train_samples,

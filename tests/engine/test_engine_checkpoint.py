@@ -186,3 +186,40 @@ def test_cli_shows_one_line_for_a_foreign_checkpoint(tmp_path, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and str(path) in err and "weights_only" not in err
+
+
+def test_gray_weights_widened_to_colour_compute_the_gray_network():
+    from instembed.models import build_model
+
+    torch.manual_seed(0)
+    kw = dict(heads={"embedding": 2, "seed": 1}, depth=2, width=4)
+    gray_net = build_model("unet", 1, **kw).eval()
+    colour_net = build_model("unet", 3, **kw).eval()
+    state = ck.gray_to_colour(colour_net, gray_net.state_dict(), source="g.pt")
+    ck.load_model_state(colour_net, state, source="g.pt")
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        want = gray_net(x.mean(1, keepdim=True))  # the gray model's input: the channel mean
+        got = colour_net(x)
+        same = colour_net(x[:, :1].repeat(1, 3, 1, 1))  # a gray image, repeated
+        want_same = gray_net(x[:, :1])
+    for name in ("embedding", "seed"):
+        torch.testing.assert_close(getattr(got, name), getattr(want, name), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            getattr(same, name), getattr(want_same, name), atol=1e-5, rtol=1e-4
+        )
+    # exactly one tensor widened: the first convolution (1 -> 3 input channels)
+    widened = [k for k, v in state.items() if v.shape != gray_net.state_dict()[k].shape]
+    assert len(widened) == 1 and state[widened[0]].shape[1] == 3
+
+
+def test_gray_to_colour_refuses_other_differences():
+    from instembed.models import build_model
+
+    kw = dict(heads={"embedding": 2}, depth=2)
+    colour = build_model("unet", 3, width=4, **kw)
+    with pytest.raises(ValueError, match="x.pt: no 1-channel input convolution"):
+        ck.gray_to_colour(colour, colour.state_dict(), source="x.pt")
+    wider = build_model("unet", 1, width=8, **kw).state_dict()
+    with pytest.raises(ValueError, match="only a 1-channel input convolution can be widened"):
+        ck.gray_to_colour(colour, wider, source="y.pt")

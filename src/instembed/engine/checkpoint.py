@@ -206,6 +206,38 @@ def load_model_state(
     model.load_state_dict(state)
 
 
+def gray_to_colour(
+    model: torch.nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint"
+) -> dict[str, torch.Tensor]:
+    """``state`` of a model that read one gray channel, made loadable into ``model``, the same
+    network reading C channels: each convolution weight whose only difference is 1 input
+    channel where ``model`` has C is repeated C times and divided by C. On an image whose C
+    channels are equal (a gray image repeated) the network computes what it computed on the
+    gray image, and on a colour image what it computed on the channel average -- the gray
+    model's input -- so training from it starts at the gray model and can learn colour.
+    ValueError naming ``source`` when no tensor, or another difference, stands between them."""
+    own = model.state_dict()
+    out, inflated = dict(state), []
+    for k, t in state.items():
+        mine = own.get(k)
+        if mine is None or mine.shape == t.shape:
+            continue
+        c = mine.shape[1] if mine.ndim == 4 else 0
+        if t.ndim == 4 and t.shape[1] == 1 and c > 1 and mine.shape[:1] + mine.shape[2:] == (
+            t.shape[:1] + t.shape[2:]
+        ):
+            out[k] = t.repeat(1, c, 1, 1) / c
+            inflated.append(k)
+        else:
+            raise ValueError(
+                f"{source}: {k} has shape {tuple(t.shape)}, the model expects "
+                f"{tuple(mine.shape)}; only a 1-channel input convolution can be widened"
+            )
+    if not inflated:
+        raise ValueError(f"{source}: no 1-channel input convolution to widen for this model")
+    return out
+
+
 # --------------------------------------------------------------------------- RNG state
 def capture_rng_state() -> dict:
     """The torch / numpy / python / CUDA global RNG states as weights_only-safe objects."""
