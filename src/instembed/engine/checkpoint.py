@@ -223,8 +223,11 @@ def gray_to_colour(
         if mine is None or mine.shape == t.shape:
             continue
         c = mine.shape[1] if mine.ndim == 4 else 0
-        if t.ndim == 4 and t.shape[1] == 1 and c > 1 and mine.shape[:1] + mine.shape[2:] == (
-            t.shape[:1] + t.shape[2:]
+        if (
+            t.ndim == 4
+            and t.shape[1] == 1
+            and c > 1
+            and mine.shape[:1] + mine.shape[2:] == (t.shape[:1] + t.shape[2:])
         ):
             out[k] = t.repeat(1, c, 1, 1) / c
             inflated.append(k)
