@@ -117,18 +117,15 @@ def metrics_by_group(outputs, samples, cluster, group_of) -> dict[str, dict]:
 def auto_scale_metrics(model, cfg, samples) -> dict:
     """The val metrics of ``predict --scale auto`` (:mod:`instembed.data.sizes`; the default of
     predict and ``instembed.segment``) and the images it resized (name -> factor)."""
-    from instembed.engine.evaluation import score
+    from instembed.engine.evaluation import headline, score
     from instembed.engine.predict import Predictor
 
     predictor = Predictor(model, cfg, scale="auto")
     preds = [predictor(s.image) for s in samples]
-    m = score(samples, preds)
+    h = headline(score(samples, preds), len(samples))
+    keys = ("AP_dsb@0.5", "AP_dsb@0.5:0.95", "AP", "FP_per_image@0.5", "FN_per_image@0.5")
     return {
-        "AP_dsb@0.5": m["AP_dsb@0.5"],
-        "AP_dsb@0.5:0.95": m["AP_dsb@0.5:0.95"],
-        "AP": m["AP"],
-        "FP_per_image@0.5": m["FP@0.5"] / len(samples),
-        "FN_per_image@0.5": m["FN@0.5"] / len(samples),
+        **{k: h[k] for k in keys},
         "resized": {
             Path(str(s.path)).name: round(p.meta["scale"], 3)
             for s, p in zip(samples, preds)

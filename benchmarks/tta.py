@@ -84,13 +84,10 @@ def tuning_grid(card_params: dict) -> dict[str, list]:
 
 def summary(metrics: dict, n: int) -> dict:
     """The reported metrics (:data:`KEYS`) of an :func:`evaluate_outputs` dict over ``n`` images."""
-    return {
-        "AP_dsb@0.5": metrics["AP_dsb@0.5"],
-        "AP_dsb@0.5:0.95": metrics.get("AP_dsb@0.5:0.95"),
-        "AP": metrics["AP"],
-        "FP_per_image@0.5": metrics["FP@0.5"] / n,
-        "FN_per_image@0.5": metrics["FN@0.5"] / n,
-    }
+    from instembed.engine.evaluation import headline
+
+    row = headline(metrics, n)
+    return {k: row[k] for k in KEYS}
 
 
 def measure(name: str, data_root: Path, max_val: int | None = None) -> list[dict]:

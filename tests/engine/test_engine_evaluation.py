@@ -132,3 +132,23 @@ def test_evaluate_outputs_and_kmeans_k_rule():
     assert cluster_config_for(sample, ClusterConfig(method="meanshift")).params == {}
     with pytest.raises(ValueError, match="outputs for"):
         evaluate_outputs([out, out], [sample], cc)
+
+
+def test_headline_numbers_by_hand():
+    from instembed.engine.evaluation import headline
+
+    gt1 = np.zeros((20, 20), np.int32)
+    gt1[0:5, 0:5], gt1[10:15, 10:15] = 1, 2
+    pred1 = np.zeros_like(gt1)
+    pred1[0:5, 0:5], pred1[0:4, 14:18] = 1, 2  # one exact match, one false positive
+    gt2 = np.zeros((20, 20), np.int32)
+    gt2[5:9, 5:9] = 1
+    pred2 = np.zeros_like(gt2)  # nothing found: one false negative
+    h = headline(score([gt1, gt2], [pred1, pred2]), 2)
+    # image 1: TP 1, FP 1, FN 1 -> 1/3; image 2: TP 0, FN 1 -> 0; mean 1/6
+    assert h["AP_dsb@0.5"] == pytest.approx(1 / 6)
+    assert (h["TP@0.5"], h["FP@0.5"], h["FN@0.5"]) == (1, 1, 2)
+    assert (h["FP_per_image@0.5"], h["FN_per_image@0.5"]) == (0.5, 1.0)
+    assert (h["n_gt"], h["n_pred"]) == (3, 2)
+    with pytest.raises(ValueError, match="n_images must be >= 1"):
+        headline({}, 0)

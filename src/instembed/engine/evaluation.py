@@ -191,6 +191,29 @@ def score(samples: Iterable, predictions: Iterable, **evaluator_kwargs) -> dict[
     return scorer.summary()
 
 
+def headline(metrics: dict, n_images: int) -> dict:
+    """The numbers the model cards, peer tables and benchmarks report from a :func:`score` /
+    :func:`evaluate_outputs` dict over ``n_images`` images: AP_dsb@0.5, mean AP_dsb over IoU
+    0.5:0.95, COCO AP / AP50 / AP75 (None when not computed), the counts at IoU 0.5 and the
+    false positives / negatives per image."""
+    if n_images < 1:
+        raise ValueError(f"n_images must be >= 1, got {n_images}")
+    return {
+        "AP_dsb@0.5": metrics["AP_dsb@0.5"],
+        "AP_dsb@0.5:0.95": metrics.get("AP_dsb@0.5:0.95"),
+        "AP": metrics.get("AP"),
+        "AP50": metrics.get("AP50"),
+        "AP75": metrics.get("AP75"),
+        "TP@0.5": int(metrics["TP@0.5"]),
+        "FP@0.5": int(metrics["FP@0.5"]),
+        "FN@0.5": int(metrics["FN@0.5"]),
+        "FP_per_image@0.5": metrics["FP@0.5"] / n_images,
+        "FN_per_image@0.5": metrics["FN@0.5"] / n_images,
+        "n_gt": int(metrics["n_gt"]),
+        "n_pred": int(metrics["n_pred"]),
+    }
+
+
 # --------------------------------------------------------------------------- clustering + scoring
 def evaluate_outputs(outputs: Sequence, samples: Sequence, cluster: ClusterConfig) -> dict:
     """Scalar metrics (:func:`score`) of the clustered ``outputs`` (one per sample, batch 1)
