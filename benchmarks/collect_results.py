@@ -53,6 +53,7 @@ def section_pretrained() -> list[str]:
                 f"`{info['name']}`",
                 f"{info['split']['n_train']}/{info['split']['n_val']}",
                 m["AP_dsb@0.5"],
+                (info.get("val_auto_scale") or {}).get("AP_dsb@0.5", "-"),
                 m["AP"],
                 m["SBD"],
                 fmt(m["absDiC"], 2),
@@ -66,6 +67,7 @@ def section_pretrained() -> list[str]:
             "model",
             "train/val",
             "AP_dsb@0.5",
+            "AP_dsb@0.5, --scale auto",
             "COCO AP",
             "SBD",
             "abs DiC",
@@ -80,7 +82,8 @@ def section_pretrained() -> list[str]:
         "Script: `benchmarks/train_pretrained.py CONFIG --name NAME --dataset DATASET --ship` (model cards: "
         "`src/instembed/pretrained/<name>.md`; `a + b` steps: two stages, the second a warm start "
         "from the first's weights, commands in the config's header; training time covers both). "
-        "Clustering thresholds tuned on the same val images "
+        "Clustering thresholds tuned on the same val images at scale 1 (`--scale auto`, the "
+        "default of predict: `instembed.data.sizes`) "
         "(the val numbers are therefore slightly optimistic). Literature, other splits and test sets: "
         "EmbedSeg AP_dsb@0.5 = 0.966 on BBBC010 (50/50 split), 0.887 on DSB2018.",
         "",
