@@ -240,7 +240,7 @@ class Trainer:
         self.train_set, self.val_samples = train_set, val_samples
         if len(self.train_set) == 0:
             raise ValueError("the training set is empty")
-        if cfg.data.object_diameter is None and not resume:
+        if cfg.data.object_diameter is None:  # sizes for predict --scale auto
             cfg.data.object_diameter = measure_object_sizes(self.train_set)
         self.model = build_model_from_config(cfg.model).to(self.device)
         if cfg.optim.channels_last:  # before the optimizer: its states follow the weights
