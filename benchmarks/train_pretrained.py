@@ -134,6 +134,36 @@ def auto_scale_metrics(model, cfg, samples) -> dict:
     }
 
 
+def compare_with_shipped(name: str, dataset: str, cfg, outputs, samples) -> dict | None:
+    """Paired bootstrap (:func:`instembed.metrics.bootstrap.paired_bootstrap`) of a candidate's
+    per-image val AP_dsb@0.5 -- its network ``outputs`` on ``samples`` (read as ``cfg.data``
+    says) clustered by ``cfg.cluster`` -- against the shipped model ``name`` (its card's
+    clustering, scale 1, the val images read as its own config says); None when no model of
+    that name is shipped."""
+    import dataclasses
+
+    from instembed.engine.build import cluster_outputs
+    from instembed.engine.evaluation import per_image
+    from instembed.engine.predict import Predictor
+    from instembed.metrics.bootstrap import paired_bootstrap
+
+    card = PRETRAINED / f"{name}.json"
+    if not card.is_file():
+        return None
+    shipped = Predictor.from_spec(name)
+    ref_samples = samples
+    if shipped.cfg.data.reader_params != cfg.data.reader_params:  # e.g. gray vs colour input
+        data = dataclasses.replace(shipped.cfg.data, path=cfg.data.path)
+        ref_samples = load_split(dataclasses.replace(shipped.cfg, data=data), dataset)[1]
+    ref_outputs = network_outputs(shipped.model, ref_samples)
+    a = per_image(samples, [cluster_outputs(o, cfg.cluster) for o in outputs])
+    b = per_image(ref_samples, [cluster_outputs(o, shipped.cluster) for o in ref_outputs])
+    return {
+        "shipped_sha256": json.loads(card.read_text())["sha256"],
+        **paired_bootstrap(a, b).as_dict(),
+    }
+
+
 def load_split(cfg, dataset: str) -> tuple[list, list]:
     """(train samples, val samples) of ``cfg.data.path`` under the recorded split of
     ``dataset``, decoded into memory once (the reader options of ``cfg.data`` apply)."""
@@ -444,6 +474,8 @@ def main(argv: list[str] | None = None) -> int:
         log.info("val by look: %s", by_look)
     auto = auto_scale_metrics(model, cfg, val_samples)
     log.info("val with scale auto: %s", auto)
+    vs_shipped = compare_with_shipped(args.name, args.dataset, cfg, best_outputs, val_samples)
+    log.info("against the shipped %s (paired bootstrap over val images): %s", args.name, vs_shipped)
     summary = {
         "name": args.name,
         "dataset": args.dataset,
@@ -471,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
         "val_metrics_all": {k: v for k, v in metrics.items()},
         "val_by_look": by_look,
         "val_auto_scale": auto,
+        "vs_shipped": vs_shipped,
     }
     Path(args.out, "summary.json").write_text(json.dumps(summary, indent=1))
     if args.ship:

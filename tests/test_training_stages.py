@@ -62,7 +62,7 @@ def test_stage_reads_before_and_after_and_its_own_time(run, tmp_path):
     lines = ts.section(out.parent)
     row = [ln for ln in lines if ln.startswith("| again")][0]
     # 1253.4 s = 21 CPU-min; AP 0.904 -> 0.883; FP / image 2.50 -> 4.10; not shipped
-    assert row.startswith("| again | 1400 | 21 | 0.904 -> 0.883 | 0.700 -> 0.700 |")
+    assert row.startswith("| again | 1400 | 21 | 0.904 -> 0.883 | - | 0.700 -> 0.700 |")
     assert "| 2.50 -> 4.10 | 10.00 -> 10.00 | no |" in row
 
 
@@ -81,3 +81,16 @@ def test_a_retune_of_the_shipped_weights_adds_no_steps(run):
     card = {**card, "steps": summary["steps"], "train_seconds": summary["train_seconds"]}
     e = ts.stage_entry(folder, "re-tuned", True, card)
     assert e["steps"] == 0 and e["train_seconds"] == 0.0
+
+
+def test_the_paired_bootstrap_gain_is_shown(run, tmp_path):
+    folder, card = run
+    summary = json.loads((folder / "summary.json").read_text())
+    summary["vs_shipped"] = {"diff": 0.0157, "ci": [-0.0043, 0.0412], "p_not_better": 0.117}
+    (folder / "summary.json").write_text(json.dumps(summary))
+    e = ts.stage_entry(folder, "low lr", False, card)
+    assert e["vs_shipped"]["ci"] == [-0.0043, 0.0412]
+    out = tmp_path / "results" / "training_stages.json"
+    ts.add(e, out)
+    row = [ln for ln in ts.section(out.parent) if ln.startswith("| low lr")][0]
+    assert "| 0.904 -> 0.883 | +0.016 [-0.004, +0.041], 0.12 | 0.700 -> 0.700 |" in row

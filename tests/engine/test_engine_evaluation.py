@@ -152,3 +152,17 @@ def test_headline_numbers_by_hand():
     assert (h["n_gt"], h["n_pred"]) == (3, 2)
     with pytest.raises(ValueError, match="n_images must be >= 1"):
         headline({}, 0)
+
+
+def test_per_image_scores_by_hand():
+    from instembed.engine.evaluation import per_image
+
+    gt1 = np.zeros((20, 20), np.int32)
+    gt1[0:5, 0:5], gt1[10:15, 10:15] = 1, 2
+    pred1 = np.zeros_like(gt1)
+    pred1[0:5, 0:5] = 1  # one of two found: 1 / (1 + 0 + 1)
+    gt2 = np.zeros((20, 20), np.int32)
+    gt2[5:9, 5:9] = 1
+    np.testing.assert_allclose(per_image([gt1, gt2], [pred1, gt2]), [0.5, 1.0])
+    with pytest.raises(ValueError, match="2 samples"):
+        per_image([gt1, gt2], [pred1])

@@ -214,6 +214,19 @@ def headline(metrics: dict, n_images: int) -> dict:
     }
 
 
+def per_image(samples: Iterable, predictions: Iterable, key: str = "AP_dsb@0.5") -> np.ndarray:
+    """``key`` of each image (the evaluator's per-image rows, in the order of ``samples``):
+    what :func:`instembed.metrics.bootstrap.paired_bootstrap` compares."""
+    samples, predictions = list(samples), list(predictions)
+    if len(samples) != len(predictions):
+        raise ValueError(f"got {len(predictions)} predictions for {len(samples)} samples")
+    scorer = Scorer()
+    for s, p in zip(samples, predictions):
+        scorer.add(s, p)
+    rows = scorer.evaluator.summary(per_image=True)["per_image"]
+    return np.array([float(r[key]) for r in rows])
+
+
 # --------------------------------------------------------------------------- clustering + scoring
 def evaluate_outputs(outputs: Sequence, samples: Sequence, cluster: ClusterConfig) -> dict:
     """Scalar metrics (:func:`score`) of the clustered ``outputs`` (one per sample, batch 1)
