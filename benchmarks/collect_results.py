@@ -11,6 +11,7 @@ listed as "not run" with the command that produces them.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -582,12 +583,8 @@ def main(argv: list[str] | None = None) -> int:
     lines += section_false_positives(results)
     if str(HERE) not in sys.path:
         sys.path.insert(0, str(HERE))
-    from training_stages import section as section_training_stages
-
-    lines += section_training_stages(results)
-    from tta import section as section_tta
-
-    lines += section_tta(results)
+    for module in ("training_stages", "tta", "auto_scale"):  # sections in their own modules
+        lines += importlib.import_module(module).section(results)
     lines += section_peers_trained(results)
     lines += [PEER]
     Path(args.out).write_text("\n".join(lines))
