@@ -77,7 +77,12 @@ def write_card(name: str) -> Path:
         f"# {name}",
         "",
         f"Use: `instembed predict --model {name} IMAGES... --out DIR` (writes {written}; "
-        f"{norm}, colour averaged to gray).",
+        f"{norm}, "
+        + (
+            "colour read as RGB, gray images repeated into its 3 channels)."
+            if model.get("in_channels", 1) == 3
+            else "colour averaged to gray)."
+        ),
         "",
         "## Data and split",
         "",

@@ -173,7 +173,7 @@ def _real_image(path, cfg):
     from instembed.data.io import load_image
 
     normalize = cfg.data.reader_params.get("normalize", "percentile")
-    return load_image(path, normalize, channels=1)[0]
+    return load_image(path, normalize, channels=cfg.model.in_channels)[0]
 
 
 def test_exported_dsb2018_equals_predict_on_the_stardist_image(tmp_path, shared_data):

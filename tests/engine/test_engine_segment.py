@@ -34,6 +34,9 @@ def json_scores(tif):
     return np.array([r["score"] for r in sorted(recs, key=lambda r: r["id"])], np.float32)
 
 
+GRAY_MODEL = "bbbc039-nuclei"
+
+
 @pytest.fixture(scope="module")
 def img2d(shared_data):
     return shared_data("stardist_example") / STARDIST_IMAGE
@@ -57,17 +60,18 @@ def test_array_and_path_give_the_labels_of_predict(img2d, img2d_predicted):
 
 
 def test_a_stack_of_frames_gives_one_result_per_frame_as_predict_per_file(img2d, tmp_path):
+    # a 1-channel model: for it a (3, H, W) array could be 3 frames or one RGB image
     raw = tifffile.imread(img2d)
     crops = [raw[:192, :192], raw[192:384, 128:320], raw[320:, 320:]]
     folder = tmp_path / "frames"
     folder.mkdir()
     for i, c in enumerate(crops):
         tifffile.imwrite(folder / f"f{i}.tif", c)
-    written = predict_cli(tmp_path / "pred", "dsb2018-nuclei", folder)
+    written = predict_cli(tmp_path / "pred", GRAY_MODEL, folder)
     stack = np.stack(crops)
     with pytest.raises(ValueError, match=r"ambiguous .* frames=True .* frames=False"):
-        instembed.segment(stack, "dsb2018-nuclei", device="cpu")  # 3 frames or RGB?
-    res = instembed.segment(stack, "dsb2018-nuclei", device="cpu", frames=True)
+        instembed.segment(stack, GRAY_MODEL, device="cpu")  # 3 frames or RGB?
+    res = instembed.segment(stack, GRAY_MODEL, device="cpu", frames=True)
     assert isinstance(res, list) and len(res) == 3
     for i, r in enumerate(res):
         np.testing.assert_array_equal(r.labels, tifffile.imread(written[f"f{i}"]))
@@ -98,15 +102,36 @@ def test_rgb_is_averaged_to_gray_as_predict_does(img2d, tmp_path, caplog):
     gray = (gray - gray.min()) / (gray.max() - gray.min())
     rgb = np.round(np.stack([gray, 0.7 * gray, 0.3 + 0.5 * gray], -1) * 255).astype(np.uint8)
     Image.fromarray(rgb).save(tmp_path / "rgb.png")
-    from_file = instembed.segment(tmp_path / "rgb.png", "dsb2018-nuclei", device="cpu")
+    from_file = instembed.segment(tmp_path / "rgb.png", GRAY_MODEL, device="cpu")
     with caplog.at_level(logging.WARNING, logger="instembed.api"):
         for layout in (rgb, np.moveaxis(rgb, -1, 0)):  # (H, W, 3) and (3, H, W)
             frames = None if layout.shape[-1] == 3 else False
-            res = instembed.segment(layout, "dsb2018-nuclei", device="cpu", frames=frames)
+            res = instembed.segment(layout, GRAY_MODEL, device="cpu", frames=frames)
             np.testing.assert_array_equal(res.labels, from_file.labels)
     assert "averaged to 1 gray channel" in caplog.text and "channel=C" in caplog.text
-    one = instembed.segment(rgb, "dsb2018-nuclei", device="cpu", channel=0)
+    one = instembed.segment(rgb, GRAY_MODEL, device="cpu", channel=0)
     assert one.labels.shape == (96, 96)
+
+
+def test_rgb_is_kept_as_colour_for_a_colour_model(img2d, tmp_path, caplog):
+    from PIL import Image
+
+    gray = tifffile.imread(img2d)[:96, :96].astype(np.float64)
+    gray = (gray - gray.min()) / (gray.max() - gray.min())
+    rgb = np.round(np.stack([gray, 0.7 * gray, 0.3 + 0.5 * gray], -1) * 255).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    from_file = instembed.segment(tmp_path / "rgb.png", "dsb2018-nuclei", device="cpu")
+    with caplog.at_level(logging.WARNING, logger="instembed.api"):
+        for layout in (rgb, np.moveaxis(rgb, -1, 0)):  # (H, W, 3) and (3, H, W): one image
+            res = instembed.segment(layout, "dsb2018-nuclei", device="cpu")
+            np.testing.assert_array_equal(res.labels, from_file.labels)
+    assert "averaged" not in caplog.text  # the 3-channel model reads the colour
+    # a gray image is repeated into the 3 channels: the same as its RGB copy with R = G = B
+    g8 = np.round(gray * 255).astype(np.uint8)
+    np.testing.assert_array_equal(
+        instembed.segment(g8, "dsb2018-nuclei", device="cpu").labels,
+        instembed.segment(np.stack([g8] * 3, -1), "dsb2018-nuclei", device="cpu").labels,
+    )
 
 
 def test_normalize_override(img2d):
@@ -122,7 +147,7 @@ def test_normalize_override(img2d):
 
 def _one_line_error(exc_type, image, match, **kw):
     with pytest.raises(exc_type, match=match) as err:
-        instembed.segment(image, "dsb2018-nuclei", device="cpu", **kw)
+        instembed.segment(image, GRAY_MODEL, device="cpu", **kw)
     assert "\n" not in str(err.value)
     assert str(err.value).startswith("segment: ")
 
