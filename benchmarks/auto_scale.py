@@ -14,7 +14,6 @@ COCO AP, FP / FN per image for both, the images auto resized and the seconds per
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -142,20 +141,16 @@ def render(rows: list[dict]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    sys.path.insert(0, str(HERE))
+    from train_pretrained import data_root, val_benchmark_parser
+
+    ap = val_benchmark_parser(__doc__, MODELS, RESULTS)
     ap.add_argument("--factors", nargs="+", type=int, default=[1, 2])
-    ap.add_argument("--max-val", type=int, default=None, help="only the first N val images")
-    ap.add_argument("--out", default=str(RESULTS), help="JSON-lines result file")
-    ap.add_argument("--data-root", default=None, help="folder holding the data sets")
     args = ap.parse_args(argv)
     if any(f < 1 for f in args.factors):
         ap.error(f"--factors: expected integers >= 1, got {args.factors}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(1)
-    sys.path.insert(0, str(HERE))
-    from train_pretrained import data_root
-
     root = Path(args.data_root) if args.data_root else data_root()
     out = Path(args.out)
     kept = []

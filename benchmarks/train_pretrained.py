@@ -134,6 +134,17 @@ def auto_scale_metrics(model, cfg, samples) -> dict:
     }
 
 
+def val_benchmark_parser(doc: str | None, models, results: Path) -> argparse.ArgumentParser:
+    """The options shared by the benchmarks that run the shipped models on their val splits
+    (``tta.py``, ``auto_scale.py``): ``--models``, ``--max-val``, ``--out``, ``--data-root``."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=list(models), choices=list(models))
+    ap.add_argument("--max-val", type=int, default=None, help="only the first N val images")
+    ap.add_argument("--out", default=str(results), help="JSON-lines result file")
+    ap.add_argument("--data-root", default=None, help="folder holding the data sets")
+    return ap
+
+
 def compare_with_shipped(name: str, dataset: str, cfg, outputs, samples) -> dict | None:
     """Paired bootstrap (:func:`instembed.metrics.bootstrap.paired_bootstrap`) of a candidate's
     per-image val AP_dsb@0.5 -- its network ``outputs`` on ``samples`` (read as ``cfg.data``

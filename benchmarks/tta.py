@@ -19,7 +19,6 @@ kept, those of a re-measured model are replaced.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -295,18 +294,14 @@ def section(results: Path, pretrained: Path = PRETRAINED) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    ap.add_argument("--max-val", type=int, default=None, help="only the first N val images")
-    ap.add_argument("--out", default=str(RESULTS), help="JSON-lines result file")
-    ap.add_argument("--data-root", default=None, help="folder holding the data sets")
+    sys.path.insert(0, str(HERE))
+    from train_pretrained import data_root, val_benchmark_parser
+
+    ap = val_benchmark_parser(__doc__, MODELS, RESULTS)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("instembed.engine.tune").setLevel(logging.WARNING)
     torch.set_num_threads(1)
-    sys.path.insert(0, str(HERE))
-    from train_pretrained import data_root
-
     root = Path(args.data_root) if args.data_root else data_root()
     new = []
     for name in args.models:
