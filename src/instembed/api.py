@@ -363,7 +363,7 @@ def segment(
         device=dev,
         tile=tile,
         tta=bool(tta),
-        scale=("auto" if diameter is None else 1.0) if scale is None else scale,
+        scale="auto" if scale is None else scale,
         diameter=diameter,
     )
     from instembed.engine.config import check_cluster

@@ -270,7 +270,6 @@ def run(args) -> int:
             raise ValueError(f"--diameter must be a number of pixels > 0, got {args.diameter}")
         if args.scale != "auto":
             raise ValueError(f"give --scale or --diameter, not both (--scale {args.scale})")
-        args.scale = 1.0
     if args.cluster:  # the syntax of the overrides, before the model is loaded
         from instembed.engine.config import ClusterConfig
 

@@ -79,12 +79,11 @@ def check_sizes(value, key: str = "data.object_diameter") -> list[float] | None:
     if value is None:
         return None
     try:
-        vals = [float(v) for v in value]
+        vals = [] if isinstance(value, (str, bytes)) else [float(v) for v in value]
     except (TypeError, ValueError):
         vals = []
     if (
         len(vals) != 3
-        or isinstance(value, (str, bytes))
         or not all(math.isfinite(v) for v in vals)
         or not 0 < vals[0] <= vals[1] <= vals[2]
     ):
@@ -139,9 +138,9 @@ def diameter_scale(diameter: float, sizes: Sequence[float] | None, key: str = "d
             f"{key}: this model has no recorded training object size (data.object_diameter); "
             "give a scale instead, or retrain it with this version"
         )
-    median = check_sizes(sizes)[1]
-    scale = median / d
-    if _clip(scale) != scale:
+    scale = check_sizes(sizes)[1] / d
+    clipped = _clip(scale)
+    if clipped != scale:
         log.warning(
             "%s %.4g px: the resize factor %.3g is outside %s and is clipped",
             key,
@@ -149,4 +148,4 @@ def diameter_scale(diameter: float, sizes: Sequence[float] | None, key: str = "d
             scale,
             list(SCALE_LIMITS),
         )
-    return _clip(scale)
+    return clipped

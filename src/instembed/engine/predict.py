@@ -176,8 +176,8 @@ class Predictor:
     ) -> None:
         self.scale = check_scale(scale)
         self.sizes = getattr(cfg.data, "object_diameter", None)
-        if diameter is not None:
-            if self.scale != 1.0:
+        if diameter is not None:  # replaces a scale left at 1 or "auto", not a chosen one
+            if self.scale not in (1.0, AUTO):
                 raise ValueError(f"give scale or diameter, not both (scale {scale!r})")
             self.scale = diameter_scale(diameter, self.sizes)
         self.model = model.to(device).eval()
@@ -219,7 +219,7 @@ class Predictor:
         the image, resized by ``scale``, is segmented block by block)."""
         if self.scale == AUTO:
             pred = self._segment(image, progress)
-            measured = image_diameter(pred.numpy().masks_or_labels)
+            measured = image_diameter(pred.masks_or_labels)
             factor = auto_scale(measured, self.sizes)
             if factor != 1.0:
                 again = self._resized(image, factor, progress)
