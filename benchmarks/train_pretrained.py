@@ -209,7 +209,14 @@ def train_on_split(
     ``init``: start from the weights of this checkpoint (fresh optimizer and schedule);
     ``cpu_time``: ``time_limit`` counts CPU seconds of this process (fair on a shared machine).
     The result carries ``cpu_s``, the CPU seconds the training took."""
-    trainer = Trainer(cfg, out, resume=resume)
+    train_set = InstanceDataset(
+        train_samples,
+        transform=train_transform(cfg.data),
+        targets=tuple(cfg.data.targets),
+        center=cfg.data.center,
+    )
+    # the split's samples go in directly: the config's own data folder is never read
+    trainer = Trainer(cfg, out, resume=resume, train_set=train_set, val_samples=val_samples)
     if init is not None and not resume:
         state = ck.load_checkpoint(init, map_location="cpu")
         weights = state["model"]
@@ -219,13 +226,6 @@ def train_on_split(
             log.info("gray weights widened to %d input channels", cfg.model.in_channels)
         ck.load_model_state(trainer.model, weights, source=str(init))
         log.info("initialised the weights from %s (its step %s)", init, state.get("step"))
-    trainer.train_set = InstanceDataset(
-        train_samples,
-        transform=train_transform(cfg.data),
-        targets=tuple(cfg.data.targets),
-        center=cfg.data.center,
-    )
-    trainer.val_samples = val_samples
     t0 = time.perf_counter()
     c0 = time.process_time()
     result = trainer.fit(time_limit_s=time_limit, cpu_time=cpu_time)
