@@ -9,6 +9,7 @@ import pytest
 from instembed.data.sample import Sample
 from instembed.data.sizes import (
     auto_scale,
+    auto_search,
     check_sizes,
     closer_to_median,
     diameter_scale,
@@ -88,7 +89,7 @@ def test_auto_scale_by_hand():
     # below the range: never enlarged (noise fragments look like small objects)
     assert auto_scale(5.0, sizes) == 1.0
     assert auto_scale(2.0, sizes) == 1.0
-    # a narrow range: above it, but within 1.5x of the median -> left alone
+    # a narrow range: above it, but within 1.25x of the median -> left alone
     narrow = [33.6, 35.8, 36.5]
     assert auto_scale(37.8, narrow) == 1.0
     assert auto_scale(54.0, narrow) == pytest.approx(35.8 / 54)
@@ -97,11 +98,91 @@ def test_auto_scale_by_hand():
 
 
 def test_auto_scale_ratio_boundary():
-    # above [10, 40], but not more than 1.5x the median 30: left alone
-    assert auto_scale(45.0, [10.0, 30.0, 40.0]) == 1.0
-    assert auto_scale(46.0, [10.0, 30.0, 40.0]) == pytest.approx(30 / 46)
-    # more than 1.5x the median 20, but inside the range [10, 40]: left alone
+    # above [10, 35], but not more than 1.25x the median 30 (37.5): left alone
+    assert auto_scale(37.5, [10.0, 30.0, 35.0]) == 1.0
+    assert auto_scale(37.6, [10.0, 30.0, 35.0]) == pytest.approx(30 / 37.6)
+    # more than 1.25x the median 20, but inside the range [10, 40]: left alone
     assert auto_scale(35.0, [10.0, 20.0, 40.0]) == 1.0
+    assert auto_scale(40.5, [10.0, 20.0, 40.0]) == pytest.approx(20 / 40.5)
+
+
+class TableSegment:
+    """A stand-in for the segmentation of one image: the size measured at each factor is
+    read from ``sizes_at`` (a function of the factor); it records the factors it was given."""
+
+    def __init__(self, sizes_at):
+        self.sizes_at, self.factors = sizes_at, []
+
+    def __call__(self, factor):
+        self.factors.append(factor)
+        return f"result at {factor:.4f}", self.sizes_at(factor)
+
+
+def test_auto_search_steps_down_while_the_fragments_are_too_large():
+    # BBBC039-like: training median 28, range [26, 30]; objects of 56 px shatter into pieces
+    # of 0.7x their size while they are more than 1.5x the median (42 px), are found whole below
+    sizes = [26.0, 28.0, 30.0]
+
+    def fragments(factor):
+        size = 56.0 * factor
+        return 0.7 * size if size > 42.0 else size
+
+    seg = TableSegment(fragments)
+    result, factor, trail = auto_search(seg, sizes)
+    # pass 1: 39.2 px (> 35 = 1.25 x 28) -> factor 28 / 39.2 = 0.7143
+    # pass 2: 56 x 0.7143 = 40 px, found whole -> 40 > 35 -> factor 0.7143 x 28 / 40 = 0.5
+    # pass 3: 28 px, the median: kept (the search would stop here anyway)
+    f2 = 28 / 39.2
+    f3 = f2 * 28 / 40.0
+    assert seg.factors == pytest.approx([1.0, f2, f3])
+    assert f3 == pytest.approx(0.5)
+    assert factor == pytest.approx(0.5) and result == "result at 0.5000"
+    assert [v for pair in trail for v in pair] == pytest.approx([1.0, 39.2, f2, 40.0, f3, 28.0])
+
+
+def test_auto_search_keeps_the_pass_closest_to_the_median():
+    sizes = [26.0, 28.0, 30.0]
+    # one step lands at 31 px (not more than 1.25 x 28 = 35: the search stops) and is kept
+    seg = TableSegment(lambda f: 42.0 if f == 1.0 else 46.5 * f)
+    result, factor, trail = auto_search(seg, sizes)
+    assert len(trail) == 2 and factor == pytest.approx(28 / 42)
+    assert trail[1][1] == pytest.approx(31.0)  # closer to 28 than 42
+    # the shrunk pass shatters into 10 px pieces: farther from 28 than 42 px -> scale 1 kept;
+    # 10 px is below the range, so the search stops (never enlarges)
+    seg = TableSegment(lambda f: 42.0 if f == 1.0 else 10.0)
+    result, factor, trail = auto_search(seg, sizes)
+    assert factor == 1.0 and result == "result at 1.0000" and len(trail) == 2
+    # 80 px -> 28 / 80 = 0.35 -> 50 px there -> 0.35 x 28 / 50 = 0.196, clipped to 0.25 ->
+    # nothing found there (NaN): the best of the first two is kept
+    seg = TableSegment(lambda f: {1.0: 80.0}.get(f, 50.0 if f > 0.3 else float("nan")))
+    result, factor, trail = auto_search(seg, sizes)
+    assert [round(f, 4) for f, _ in trail] == [1.0, 0.35, 0.25]
+    assert math.isnan(trail[2][1]) and factor == pytest.approx(0.35)
+
+
+def test_auto_search_limits():
+    sizes = [26.0, 28.0, 30.0]
+    # inside the range, or nothing found, or no recorded sizes: one pass at scale 1
+    for size_at, rec in (
+        (lambda f: 29.0, sizes),
+        (lambda f: 35.0, sizes),  # above the range, but not more than 1.25 x 28
+        (lambda f: float("nan"), sizes),
+        (lambda f: 90.0, None),
+    ):
+        seg = TableSegment(size_at)
+        result, factor, trail = auto_search(seg, rec)
+        assert factor == 1.0 and len(trail) == 1 and seg.factors == [1.0]
+        assert result == "result at 1.0000"
+    # always far too large: clipped at 1/4 after two steps (28/400 clipped, then unchanged)
+    seg = TableSegment(lambda f: 400.0)
+    _, factor, trail = auto_search(seg, sizes)
+    assert seg.factors == [1.0, 0.25] and factor == 1.0  # 400 px at 0.25 is no closer
+    # the number of passes
+    seg = TableSegment(lambda f: 60.0 * f**0.5)
+    auto_search(seg, sizes, passes=2)
+    assert len(seg.factors) == 2
+    with pytest.raises(ValueError, match="at least 1 segmentation"):
+        auto_search(seg, sizes, passes=0)
 
 
 def test_closer_to_median():

@@ -315,6 +315,7 @@ def test_predict_cli_auto_is_the_default_and_its_factor_is_in_the_json(tiny_chec
     table = json.loads((tmp_path / "o" / "a.json").read_text())
     assert table["scale"] == 1.0  # the tiny model records no training sizes: scale 1
     assert "measured_diameter" in table
+    assert [p["scale"] for p in table["auto_trail"]] == [1.0]  # one pass
     assert main([*args, "--out", str(tmp_path / "h"), "--scale", "0.5"]) == 0
     assert json.loads((tmp_path / "h" / "a.json").read_text())["scale"] == 0.5
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from instembed.data.sizes import auto_scale, closer_to_median, diameter_scale, image_diameter
+from instembed.data.sizes import auto_search, diameter_scale, image_diameter
 from instembed.engine import checkpoint as ck
 from instembed.engine.blockwise import (
     DEFAULT_HALO,
@@ -151,12 +151,13 @@ class Predictor:
     semantic map by nearest neighbour, boxes scaled, scores and classes unchanged).
     ``outputs(image)`` is not resized. ``scale="auto"`` picks the factor per image from the
     size of the objects found at scale 1 and the training sizes in ``cfg.data.object_diameter``
-    (:func:`instembed.data.sizes.auto_scale`: shrunk only when the objects are far larger
-    than the training sizes, and the shrunk result kept only when its objects come out closer
-    to the training median; never enlarged); ``diameter`` (pixels, the objects' typical size)
-    sets ``scale`` to the training median over ``diameter``
-    (:func:`instembed.data.sizes.diameter_scale`). The factor used is in ``meta["scale"]``;
-    with auto, the size measured at scale 1 in ``meta["measured_diameter"]``.
+    (:func:`instembed.data.sizes.auto_search`: shrunk only when the objects are far larger
+    than the training sizes, step by step while they still come out too large, and a shrunk
+    result kept only when its objects come out closer to the training median; never
+    enlarged); ``diameter`` (pixels, the objects' typical size) sets ``scale`` to the training
+    median over ``diameter`` (:func:`instembed.data.sizes.diameter_scale`). The factor used is in ``meta["scale"]``;
+    with auto, the size measured at scale 1 in ``meta["measured_diameter"]`` and every pass's
+    ``(factor, size in the resized image)`` in ``meta["auto_trail"]``.
     """
 
     def __init__(
@@ -218,24 +219,24 @@ class Predictor:
         """Instances of one image; ``progress(done, total)`` is called after each block (when
         the image, resized by ``scale``, is segmented block by block)."""
         if self.scale == AUTO:
-            pred = self._segment(image, progress)
-            measured = image_diameter(pred.masks_or_labels)
-            factor = auto_scale(measured, self.sizes)
-            if factor != 1.0:
-                again = self._resized(image, factor, progress)
-                resized = image_diameter(again.masks_or_labels) * factor
-                keep = closer_to_median(resized, measured, self.sizes)
+
+            def segment(factor: float):
+                if factor == 1.0:
+                    pred = self._segment(image, progress)
+                else:
+                    pred = self._resized(image, factor, progress)
+                # measured in the resized image: the size the network saw
+                return pred, image_diameter(pred.masks_or_labels) * factor
+
+            pred, factor, trail = auto_search(segment, self.sizes)
+            if len(trail) > 1:
                 log.info(
-                    "objects of %.1f px, training median %s px: resized by %.3g, objects of "
-                    "%.1f px there (%s)",
-                    measured,
+                    "training median %s px; objects measured at each factor: %s; kept %.3g",
                     self.sizes[1],
+                    ", ".join(f"{f:.3g}: {d:.1f} px" for f, d in trail),
                     factor,
-                    resized,
-                    "kept" if keep else "no closer to the median: scale 1 kept",
                 )
-                pred, factor = (again, factor) if keep else (pred, 1.0)
-            pred.meta.update(scale=factor, measured_diameter=measured)
+            pred.meta.update(scale=factor, measured_diameter=trail[0][1], auto_trail=trail)
             return pred
         if self.scale == 1.0:
             return self._segment(image, progress)
@@ -423,6 +424,11 @@ def write_prediction(
         if key in pred.meta:
             value = float(pred.meta[key])
             table[key] = value if np.isfinite(value) else None
+    if "auto_trail" in pred.meta:  # auto: each pass's factor and object size there
+        table["auto_trail"] = [
+            {"scale": float(f), "diameter": float(d) if np.isfinite(d) else None}
+            for f, d in pred.meta["auto_trail"]
+        ]
     table["instances"] = recs
     written.append(W.write_json(out_dir / f"{stem}.json", table))
     if opts.overlay:
