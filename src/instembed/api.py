@@ -275,9 +275,10 @@ def segment(
         scale: resize factor before the network (0.5 for objects twice the size of the
             training data's); results come back at the image's size. ``None`` / ``"auto"``:
             1, unless the objects found at scale 1 are far larger than those the model was
-            trained on (:func:`instembed.data.sizes.auto_scale`); then the image is segmented
-            again, shrunk to the training median (never enlarged). ``meta["scale"]`` holds the
-            factor used.
+            trained on; then the image is segmented again, shrunk towards the training median,
+            step by step while they still come out too large
+            (:func:`instembed.data.sizes.auto_search`; never enlarged). ``meta["scale"]`` holds
+            the factor used, ``meta["auto_trail"]`` each pass's factor and object size.
         diameter: the objects' typical diameter in pixels, instead of ``scale``: resized by
             the model's training median diameter / ``diameter``.
         channel: use channel ``channel`` (0-based) of a multi-channel image instead of the

@@ -80,7 +80,8 @@ def add_arguments(parser) -> None:
         help="resize each image by S before the network (bilinear; e.g. 0.5 for objects twice "
         "the size of the training data's); labels are written at the image's own size. auto: "
         "1, unless the objects found at scale 1 are above the model's training size range "
-        "and over 1.5x its median: then shrunk to that median (never enlarged; 1 with --blocks)",
+        "and over 1.25x its median: then shrunk towards that median, step by step while they "
+        "still come out too large (at most 3 passes; never enlarged; 1 with --blocks)",
     )
     parser.add_argument(
         "--diameter",
