@@ -332,7 +332,18 @@ def auto_scale_lines(info: dict) -> list[str]:
         f"COCO AP {auto['AP']:.3f}, FP / image {auto['FP_per_image@0.5']:.2f} "
         f"({len(resized)} of {n} images resized: {which}); the table above is at scale 1.",
         "",
-    ]
+    ] + (
+        [
+            "The checkpoint carries a size model (`instembed.engine.size_model`: the object "
+            "diameter predicted from the pooled encoder features, fitted on the training "
+            "images at 0.5x-2x), which sets the factor of auto's first pass, in either "
+            "direction; so images at another magnification are resized even where the model "
+            "would split the objects into pieces of its training size.",
+            "",
+        ]
+        if info.get("size_model")
+        else []
+    )
 
 
 def look_table(by_look: dict | None) -> list[str]:

@@ -24,7 +24,9 @@ What it does, in order:
    sizes (``data.object_diameter``, :mod:`instembed.data.sizes`) and the card the val metrics
    with ``--scale auto`` (``val_auto_scale``).
 
-``--record-sizes NAME...`` re-ships shipped models with those two added (same weights).
+``--record-sizes NAME...`` re-ships shipped models with those two added (same weights);
+``--fit-size-model NAME...`` does the same and fits and ships a size model
+(:mod:`instembed.engine.size_model`) in each checkpoint.
 
 Training on CPU here: see docs/pretrained.md for the recipes and the measured times.
 """
@@ -260,10 +262,12 @@ def finished_run(out: Path) -> tuple[int, float]:
     return int(state["step"]), float(seconds)
 
 
-def record_sizes(name: str, root: Path | None = None) -> dict:
+def record_sizes(name: str, root: Path | None = None, size_model: bool = False) -> dict:
     """Re-ship the shipped model ``name`` with its training object sizes in its config
     (``data.object_diameter``, measured on its training split; the weights, step and clustering
-    unchanged) and its val metrics with ``--scale auto`` in its card, as a new version."""
+    unchanged) and its val metrics with ``--scale auto`` in its card, as a new version.
+    ``size_model``: also fit a size model on its training split
+    (:func:`instembed.engine.size_model.fit_size_model`) and ship it in the checkpoint."""
     card_path, weights = PRETRAINED / f"{name}.json", PRETRAINED / f"{name}.pt"
     card = json.loads(card_path.read_text())
     state = ck.load_checkpoint(weights)
@@ -277,21 +281,42 @@ def record_sizes(name: str, root: Path | None = None) -> dict:
 
     model = build_model_from_config(cfg.model)
     ck.load_model_state(model, state["model"], source=str(weights))
-    auto = auto_scale_metrics(model.eval(), cfg, val_samples)
+    model.eval()
+    sm = state.get("size_model")
+    if size_model:
+        from instembed.engine.size_model import fit_size_model
+
+        fitted = fit_size_model(model, train_samples)
+        sm = fitted.to_dict() if fitted is not None else None
+    if sm is not None:
+        from instembed.engine.size_model import SizeModel
+
+        model.size_model = SizeModel.from_dict(sm)
+    auto = auto_scale_metrics(model, cfg, val_samples)
     ck.save_checkpoint(
         weights,
         model_state=state["model"],
         config_yaml=config_to_yaml(cfg),
         step=int(state["step"]),
         metrics=state.get("metrics"),
+        size_model=sm,
     )
     card.update(sha256=sha256_file(weights), config=config_to_dict(cfg), val_auto_scale=auto)
+    card["size_model"] = sm is not None
     sizes = " / ".join(f"{v:g}" for v in cfg.data.object_diameter)
     change = (
         f"same weights; training object diameters ({sizes} px) recorded for predict --scale auto "
         f"(the default): val AP_dsb@0.5 {auto['AP_dsb@0.5']:.3f} with it, "
         f"{len(auto['resized'])} of {len(val_samples)} images resized"
     )
+    if size_model and sm is not None:
+        change = (
+            f"same weights; a size model (ridge regression of the log object diameter on pooled "
+            f"encoder features, fitted on {sm['n_images']} training images x "
+            f"{len(sm['scales'])} scales) sets the first factor of predict --scale auto: val "
+            f"AP_dsb@0.5 {auto['AP_dsb@0.5']:.3f} with auto, {len(auto['resized'])} of "
+            f"{len(val_samples)} images resized"
+        )
     card["history"] = history_with(name, card, change)
     card_path.write_text(json.dumps(card, indent=1) + "\n")
     write_card(name)
@@ -306,10 +331,11 @@ def main(argv: list[str] | None = None) -> int:
         for name in argv[1:]:
             print(write_card(name))
         return 0
-    if argv and argv[0] == "--record-sizes":  # shipped models: sizes for --scale auto
+    if argv and argv[0] in ("--record-sizes", "--fit-size-model"):  # shipped: --scale auto
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        torch.set_num_threads(1)
         for name in argv[1:]:
-            print(json.dumps(record_sizes(name)))
+            print(json.dumps(record_sizes(name, size_model=argv[0] == "--fit-size-model")))
         return 0
     ap.add_argument("config", help="run config YAML (configs/pretrained/<name>.yaml)")
     ap.add_argument("--name", required=True, help="pretrained model name, e.g. bbbc039-nuclei")
@@ -320,6 +346,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--time-limit", type=float, default=None, help="stop training after S s")
     ap.add_argument("--ship", action="store_true", help="write src/instembed/pretrained/<name>.*")
     ap.add_argument("--note", default=None, help="a line for the model card (how it was trained)")
+    ap.add_argument(
+        "--size-model",
+        action="store_true",
+        help="fit a size model (instembed.engine.size_model) for the new weights on the "
+        "training split (done anyway when the shipped version of --name has one)",
+    )
     ap.add_argument(
         "--change",
         default=None,
@@ -483,6 +515,16 @@ def main(argv: list[str] | None = None) -> int:
             lambda s: LOOK_NAMES[sample_look(s)],
         )
         log.info("val by look: %s", by_look)
+    size_model = None
+    shipped_pt = PRETRAINED / f"{args.name}.pt"
+    if args.size_model or (
+        shipped_pt.is_file() and ck.load_checkpoint(shipped_pt).get("size_model") is not None
+    ):  # asked for, or the shipped version has one: the new weights get their own
+        from instembed.engine.size_model import fit_size_model
+
+        fitted = fit_size_model(model, train_samples)
+        if fitted is not None:
+            model.size_model, size_model = fitted, fitted.to_dict()
     auto = auto_scale_metrics(model, cfg, val_samples)
     log.info("val with scale auto: %s", auto)
     vs_shipped = compare_with_shipped(args.name, args.dataset, cfg, best_outputs, val_samples)
@@ -515,6 +557,7 @@ def main(argv: list[str] | None = None) -> int:
         "val_by_look": by_look,
         "val_auto_scale": auto,
         "vs_shipped": vs_shipped,
+        "size_model": size_model is not None,
     }
     Path(args.out, "summary.json").write_text(json.dumps(summary, indent=1))
     if args.ship:
@@ -526,6 +569,7 @@ def main(argv: list[str] | None = None) -> int:
             config_yaml=config_to_yaml(cfg),
             step=summary["best_step"],
             metrics={k: float(v) for k, v in metrics.items()},
+            size_model=size_model,
         )
         card = {"name": args.name, "sha256": sha256_file(weights), "config": config_to_dict(cfg)}
         card.update({k: v for k, v in summary.items() if k not in ("name", "cluster_grid")})

@@ -58,3 +58,19 @@ def test_render_reads_plain_and_auto_side_by_side():
     assert body[0].startswith("| `m` | 1x | 0 of 30 | 0.900 / 0.900 |")
     assert body[1].startswith("| `m` | 2x | 28 of 30 | 0.300 / 0.850 | 0.500 / 0.500 |")
     assert body[1].endswith("| 9.00 / 2.00 | 1.00 / 1.00 | 4.0 / 5.0 |")
+    # a model carrying a size model is marked as such
+    sized = A.render([rows[0] | {"model": "w", "size_model": True}])
+    assert any(ln.startswith("| `w` (size model) | 2x | 28 of 30 |") for ln in sized)
+
+
+def test_render_check_reads_the_log_errors():
+    errs = {"x0.5": {"median_abs": 0.02, "max_abs": 0.08}, "x1": {"median_abs": 0.03,
+            "max_abs": 0.1}, "x2": {"median_abs": 0.2, "max_abs": 1.36}}  # fmt: skip
+    rows = [{"model": "w", "n_fit": 40, "shipped": True, **errs},
+            {"model": "d", "n_fit": 48, "shipped": False, **errs}]  # fmt: skip
+    lines = A.render_check(rows)
+    body = [ln for ln in lines if ln.startswith("| `")]
+    assert (
+        body[0] == "| `d` | 48 images x 5 scales | 0.02 / 0.08 | 0.03 / 0.10 | 0.20 / 1.36 | no |"
+    )
+    assert body[1].startswith("| `w` | 40 images") and body[1].endswith("| yes |")

@@ -8,6 +8,7 @@ import pytest
 
 from instembed.data.sample import Sample
 from instembed.data.sizes import (
+    agrees,
     auto_scale,
     auto_search,
     check_sizes,
@@ -202,3 +203,32 @@ def test_diameter_scale():
     for bad in (0, -3, float("inf"), "x"):
         with pytest.raises(ValueError, match="expected an object diameter in pixels > 0"):
             diameter_scale(bad, [10, 20, 30])
+
+
+def test_auto_search_from_a_size_models_start():
+    sizes = [26.0, 28.0, 30.0]  # agreement band: 28 / 1.25 = 22.4 .. 28 x 1.25 = 35
+    # objects of 56 px; the size model says so: start at 0.5, found whole at 28 px: one pass
+    seg = TableSegment(lambda f: 56.0 * f)
+    result, factor, trail = auto_search(seg, sizes, start=0.5)
+    assert seg.factors == [0.5] and factor == 0.5 and result == "result at 0.5000"
+    # a start to enlarge (objects of 14 px, start 2): 28 px there, kept
+    seg = TableSegment(lambda f: 14.0 * f)
+    assert auto_search(seg, sizes, start=2.0)[1] == 2.0 and seg.factors == [2.0]
+    # the size model was wrong (objects are 28 px; it said 61.9): at 0.452 they measure 12.7 px,
+    # outside the band -> start over at 1, where they are within the range: two passes, scale 1
+    seg = TableSegment(lambda f: 28.0 * f)
+    result, factor, trail = auto_search(seg, sizes, start=28 / 61.9)
+    assert seg.factors == pytest.approx([28 / 61.9, 1.0]) and factor == 1.0
+    assert result == "result at 1.0000" and len(trail) == 2
+    # the restart is not counted in the passes: objects of 60 px that shatter to 42 px at
+    # scale 1 still get their steps after a wrong start at 2
+    seg = TableSegment(lambda f: 60.0 * f if 60.0 * f <= 42 else 0.7 * 60.0 * f)
+    result, factor, trail = auto_search(seg, sizes, start=2.0, passes=3)
+    assert len(seg.factors) == 4 and seg.factors[:2] == [2.0, 1.0]
+
+
+def test_agrees():
+    sizes = [26.0, 28.0, 30.0]
+    assert agrees(22.4, sizes) and agrees(35.0, sizes) and agrees(28.0, sizes)
+    assert not agrees(22.3, sizes) and not agrees(35.1, sizes)
+    assert not agrees(float("nan"), sizes) and not agrees(28.0, None)

@@ -251,6 +251,21 @@ def test_auto_scale_resizes_objects_far_outside_the_training_sizes():
     assert min(_best_iou(labels, pred.labels)) > 0.8
 
 
+def test_auto_scale_starts_where_a_size_model_says_and_keeps_it_when_the_objects_agree():
+    # the oracle finds radius-8 discs whole at scale 0.5 (diameter 8, the training median); a
+    # size model predicting 16 px sends the first pass straight there: one pass, kept
+    from types import SimpleNamespace
+
+    labels = grid_discs(3, r=8, spacing=64)
+    image = (labels[None] > 0).astype(np.float32)
+    net = CountingNet(half=12)
+    net.size_model = SimpleNamespace(diameter=lambda model, img: 16.0)
+    pred = _auto(net, [6.0, 8.0, 10.0], scale="auto")(image)
+    assert net.sizes == [scaled_size((192, 192), 0.5)]
+    assert pred.meta["scale"] == 0.5 and pred.meta["predicted_diameter"] == 16.0
+    assert pred.num_instances == labels.max() and min(_best_iou(labels, pred.labels)) > 0.8
+
+
 def test_auto_scale_keeps_scale_one_when_the_resized_objects_are_no_closer():
     # the 25 px window finds radius-8 discs 28 px apart whole at scale 1; their diameter 16 is
     # above the training range [6, 10] and 2x its median, so auto tries scale 0.5; there the

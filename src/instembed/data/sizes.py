@@ -23,6 +23,11 @@ result unless a resized one is strictly closer. Auto never enlarges: small measu
 come as often from noise fragments as from small objects (on an empty BBBC039 field, 7 noise
 fragments of 7 px sent the image to 4x and gave 9641 objects); give ``diameter`` or ``scale``
 for objects smaller than the model's.
+When the model carries a size model (:mod:`instembed.engine.size_model`: the object size
+predicted from the look of the image, not from what the model found), its prediction sets the
+factor of the first pass (:func:`start_scale`; this one may enlarge); when the objects found there
+do not come out within 1.25x of the training median, the two signals disagree and the search
+starts over at scale 1, as without a size model.
 ``diameter=D`` (the user's estimate of the objects' size) resizes by ``median / D`` directly.
 """
 
@@ -121,6 +126,23 @@ def auto_scale(measured: float, sizes: Sequence[float] | None, ratio: float = AU
     return _clip(median / measured)
 
 
+def start_scale(
+    predicted: float, sizes: Sequence[float] | None, ratio: float = AUTO_RATIO
+) -> float:
+    """Factor of the first pass of ``scale="auto"`` from a size model's ``predicted`` diameter
+    (:mod:`instembed.engine.size_model`): ``median / predicted`` (clipped to
+    :data:`SCALE_LIMITS`) when ``predicted`` is above the training range and more than
+    ``ratio`` times the median, or below the range and less than the median / ``ratio``; else 1.
+    Unlike the measured size, a predicted size may enlarge: it comes from the look of the whole
+    image, not from fragments."""
+    if sizes is None or not math.isfinite(predicted) or predicted <= 0:
+        return 1.0
+    low, median, high = check_sizes(sizes)
+    if predicted > max(high, ratio * median) or predicted < min(low, median / ratio):
+        return _clip(median / predicted)
+    return 1.0
+
+
 def closer_to_median(resized: float, measured: float, sizes: Sequence[float]) -> bool:
     """Whether objects measuring ``resized`` pixels in the resized image are closer (in log
     ratio) to the training median of ``sizes`` than the ``measured`` pixels of the result it
@@ -137,23 +159,33 @@ def auto_search(
     sizes: Sequence[float] | None,
     passes: int = AUTO_PASSES,
     ratio: float = AUTO_RATIO,
+    start: float = 1.0,
 ) -> tuple[Any, float, list[tuple[float, float]]]:
     """The search of ``scale="auto"``: ``(result, factor, trail)``.
 
     ``segment(factor)`` segments the image resized by ``factor`` and returns ``(result,
     size)``, ``size`` the median object diameter measured *in the resized image* (NaN when
-    nothing was found). The first pass is at factor 1; while the last size calls for shrinking
-    (:func:`auto_scale` of it is below 1) and fewer than ``passes`` segmentations were done, the
-    factor is multiplied by that step (the product clipped to :data:`SCALE_LIMITS`; the search
+    nothing was found). The first pass is at factor ``start`` (1, or :func:`start_scale` of a
+    size model's prediction); when ``start`` is not 1 and the objects found there do not lie
+    within ``ratio`` of the median (:func:`agrees`), the two size signals disagree and the
+    search starts over at factor 1 (that pass not counted in ``passes``). Then, while the last
+    size calls for shrinking (:func:`auto_scale` of it is below 1) and fewer than ``passes``
+    segmentations were done, the factor is multiplied by that step (the product clipped to :data:`SCALE_LIMITS`; the search
     stops when clipping leaves it unchanged). ``result`` and ``factor`` are those of the pass
     whose size is closest to the training median (a later pass only when strictly closer);
     ``trail`` lists ``(factor, size)`` of every pass in order."""
     if passes < 1:
         raise ValueError(f"passes: expected at least 1 segmentation, got {passes}")
-    result, size = segment(1.0)
-    trail = [(1.0, float(size))]
-    best, best_factor, best_size = result, 1.0, float(size)
-    factor = 1.0
+    factor = _clip(float(start))
+    result, size = segment(factor)
+    trail = [(factor, float(size))]
+    if factor != 1.0 and not agrees(float(size), sizes, ratio):
+        # the predicted size and the objects found at it disagree: start over at scale 1
+        result, size = segment(1.0)
+        factor = 1.0
+        trail.append((factor, float(size)))
+        passes += 1
+    best, best_factor, best_size = result, factor, float(size)
     while len(trail) < passes:
         step = auto_scale(trail[-1][1], sizes, ratio)
         nxt = _clip(factor * step)
@@ -165,6 +197,15 @@ def auto_search(
         if closer_to_median(float(size), best_size, sizes):
             best, best_factor, best_size = result, factor, float(size)
     return best, best_factor, trail
+
+
+def agrees(size: float, sizes: Sequence[float] | None, ratio: float = AUTO_RATIO) -> bool:
+    """Whether objects measuring ``size`` pixels lie within ``ratio`` of the training median
+    (both ways): the check of a pass started where a size model said."""
+    if sizes is None or not math.isfinite(size) or size <= 0:
+        return False
+    median = check_sizes(sizes)[1]
+    return median / ratio <= size <= median * ratio
 
 
 def diameter_scale(diameter: float, sizes: Sequence[float] | None, key: str = "diameter") -> float:

@@ -15,6 +15,7 @@ numbers, strings, lists and dicts::
     rng           {"torch": uint8 tensor, "numpy": {...}, "python": [...], "cuda": [...]}
     metrics       last validation metrics {name: float}
     best          {"metric": str, "value": float, "step": int}
+    size_model    {"mean", "std", "weights": [float], "bias": float, ...}  (optional; scale auto)
 
 Writes go to a temporary file in the same folder, are flushed and fsync'ed, then moved over the
 target with :func:`os.replace` (atomic on POSIX), so a crash or a full disk at any moment leaves
@@ -99,8 +100,10 @@ def save_checkpoint(
     rng: dict | None = None,
     metrics: dict[str, float] | None = None,
     best: dict | None = None,
+    size_model: dict | None = None,
 ) -> Path:
-    """Write a checkpoint atomically (see module docstring for the layout)."""
+    """Write a checkpoint atomically (see module docstring for the layout). ``size_model``:
+    :meth:`instembed.engine.size_model.SizeModel.to_dict`, for ``scale="auto"``."""
     state = {
         "format": FORMAT,
         "version": __version__,
@@ -115,6 +118,7 @@ def save_checkpoint(
         ("rng", rng),
         ("metrics", metrics),
         ("best", best),
+        ("size_model", size_model),
     ):
         if value is not None:
             state[key] = value

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from instembed.data.sizes import auto_search, diameter_scale, image_diameter
+from instembed.data.sizes import auto_search, diameter_scale, image_diameter, start_scale
 from instembed.engine import checkpoint as ck
 from instembed.engine.blockwise import (
     DEFAULT_HALO,
@@ -108,6 +108,10 @@ def load_model(
         raise ck.CheckpointError(f"{path}: stored config does not parse: {err}") from None
     model = build_model_from_config(cfg.model)
     ck.load_model_state(model, state["model"], source=str(path))
+    if state.get("size_model") is not None:  # for scale="auto" (instembed.engine.size_model)
+        from instembed.engine.size_model import SizeModel
+
+        model.size_model = SizeModel.from_dict(state["size_model"], source=str(path))
     return model.to(device).eval(), cfg
 
 
@@ -156,8 +160,11 @@ class Predictor:
     result kept only when its objects come out closer to the training median; never
     enlarged); ``diameter`` (pixels, the objects' typical size) sets ``scale`` to the training
     median over ``diameter`` (:func:`instembed.data.sizes.diameter_scale`). The factor used is in ``meta["scale"]``;
-    with auto, the size measured at scale 1 in ``meta["measured_diameter"]`` and every pass's
-    ``(factor, size in the resized image)`` in ``meta["auto_trail"]``.
+    with auto, the size of the objects of its first pass (in the image's pixels) in
+    ``meta["measured_diameter"]``, every pass's ``(factor, size in the resized image)`` in
+    ``meta["auto_trail"]`` and, when the model carries a size model
+    (:mod:`instembed.engine.size_model`, which then sets the first pass's factor), its
+    predicted diameter in ``meta["predicted_diameter"]`` (NaN without one).
     """
 
     def __init__(
@@ -228,15 +235,27 @@ class Predictor:
                 # measured in the resized image: the size the network saw
                 return pred, image_diameter(pred.masks_or_labels) * factor
 
-            pred, factor, trail = auto_search(segment, self.sizes)
-            if len(trail) > 1:
+            predicted, start = float("nan"), 1.0
+            size_model = getattr(self.model, "size_model", None)
+            if size_model is not None and self.sizes is not None:
+                predicted = size_model.diameter(self.model, image)
+                start = start_scale(predicted, self.sizes)
+            pred, factor, trail = auto_search(segment, self.sizes, start=start)
+            if len(trail) > 1 or start != 1.0:
                 log.info(
-                    "training median %s px; objects measured at each factor: %s; kept %.3g",
+                    "training median %s px, size model %.1f px; objects measured at each "
+                    "factor: %s; kept %.3g",
                     self.sizes[1],
+                    predicted,
                     ", ".join(f"{f:.3g}: {d:.1f} px" for f, d in trail),
                     factor,
                 )
-            pred.meta.update(scale=factor, measured_diameter=trail[0][1], auto_trail=trail)
+            pred.meta.update(
+                scale=factor,
+                measured_diameter=trail[0][1] / trail[0][0],  # first pass, image pixels
+                predicted_diameter=predicted,
+                auto_trail=trail,
+            )
             return pred
         if self.scale == 1.0:
             return self._segment(image, progress)
@@ -420,7 +439,8 @@ def write_prediction(
     recs = W.instance_records(pred.masks_or_labels, pred.scores, pred.classes)
     h, w = pred.labels.shape
     table: dict = {"image": stem, "height": h, "width": w}
-    for key in ("scale", "measured_diameter"):  # the factor used (--scale S / auto / --diameter)
+    # the factor used (--scale S / auto / --diameter); with auto, the sizes it went by
+    for key in ("scale", "measured_diameter", "predicted_diameter"):
         if key in pred.meta:
             value = float(pred.meta[key])
             table[key] = value if np.isfinite(value) else None
