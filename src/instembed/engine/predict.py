@@ -157,9 +157,10 @@ class Predictor:
     size of the objects found at scale 1 and the training sizes in ``cfg.data.object_diameter``
     (:func:`instembed.data.sizes.auto_search`: shrunk only when the objects are far larger
     than the training sizes, step by step while they still come out too large, and a shrunk
-    result kept only when its objects come out closer to the training median; never
-    enlarged); ``diameter`` (pixels, the objects' typical size) sets ``scale`` to the training
-    median over ``diameter`` (:func:`instembed.data.sizes.diameter_scale`). The factor used is in ``meta["scale"]``;
+    result kept only when its objects come out closer to the training median; the measured
+    size never enlarges, a size model may); ``diameter`` (pixels, the objects' typical size)
+    sets ``scale`` to the training median over ``diameter``
+    (:func:`instembed.data.sizes.diameter_scale`). The factor used is in ``meta["scale"]``;
     with auto, the size of the objects of its first pass (in the image's pixels) in
     ``meta["measured_diameter"]``, every pass's ``(factor, size in the resized image)`` in
     ``meta["auto_trail"]`` and, when the model carries a size model
