@@ -181,3 +181,20 @@ def test_auto_starts_where_the_size_model_says(predicted, factor):
     assert pred.meta["scale"] == 1.0 and pred.meta["predicted_diameter"] == predicted
     assert [f for f, _ in pred.meta["auto_trail"]] == ([1.0] if factor == 1 else [factor, 1.0])
     assert pred.labels.shape == (64, 80)
+
+
+def test_auto_with_a_size_model_refuses_a_wrong_channel_count_with_its_message():
+    cfg = Config()
+    cfg.data.object_diameter = [6.0, 8.0, 10.0]
+    cluster = ClusterConfig("threshold", {"delta_v": 0.2, "fg_thresh": 0.5})
+    net = SizedNet(16.0)
+
+    def convolve(model, image):  # as the encoder would: a cryptic error on 3 channels
+        if image.shape[0] != 1:
+            raise RuntimeError("expected input to have 1 channels, but got 3 channels instead")
+        return 16.0
+
+    net.size_model = SimpleNamespace(diameter=convolve)
+    predictor = Predictor(net, cfg, cluster=cluster, scale="auto")
+    with pytest.raises(ValueError, match=r"image must be \(1, H, W\) for this model"):
+        predictor(np.zeros((3, 32, 32), np.float32))

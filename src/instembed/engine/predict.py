@@ -239,7 +239,8 @@ class Predictor:
             predicted, start = float("nan"), 1.0
             size_model = getattr(self.model, "size_model", None)
             if size_model is not None and self.sizes is not None:
-                predicted = size_model.diameter(self.model, image)
+                # through _tensor: a wrong channel count is refused with its message first
+                predicted = size_model.diameter(self.model, self._tensor(image))
                 start = start_scale(predicted, self.sizes)
             pred, factor, trail = auto_search(segment, self.sizes, start=start)
             if len(trail) > 1 or start != 1.0:
