@@ -282,16 +282,14 @@ def record_sizes(name: str, root: Path | None = None, size_model: bool = False) 
     model = build_model_from_config(cfg.model)
     ck.load_model_state(model, state["model"], source=str(weights))
     model.eval()
-    sm = state.get("size_model")
-    if size_model:
-        from instembed.engine.size_model import fit_size_model
+    from instembed.engine.size_model import SizeModel, fit_size_model
 
-        fitted = fit_size_model(model, train_samples)
+    sm = state.get("size_model")
+    fitted = fit_size_model(model, train_samples) if size_model else None
+    if size_model:
         sm = fitted.to_dict() if fitted is not None else None
     if sm is not None:
-        from instembed.engine.size_model import SizeModel
-
-        model.size_model = SizeModel.from_dict(sm)
+        model.size_model = fitted or SizeModel.from_dict(sm)
     auto = auto_scale_metrics(model, cfg, val_samples)
     ck.save_checkpoint(
         weights,

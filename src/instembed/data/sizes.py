@@ -135,12 +135,13 @@ def start_scale(
     ``ratio`` times the median, or below the range and less than the median / ``ratio``; else 1.
     Unlike the measured size, a predicted size may enlarge: it comes from the look of the whole
     image, not from fragments."""
+    shrink = auto_scale(predicted, sizes, ratio)  # the rule of the measured size, above
+    if shrink != 1.0:
+        return shrink
     if sizes is None or not math.isfinite(predicted) or predicted <= 0:
         return 1.0
-    low, median, high = check_sizes(sizes)
-    if predicted > max(high, ratio * median) or predicted < min(low, median / ratio):
-        return _clip(median / predicted)
-    return 1.0
+    low, median, _ = check_sizes(sizes)
+    return _clip(median / predicted) if predicted < min(low, median / ratio) else 1.0
 
 
 def closer_to_median(resized: float, measured: float, sizes: Sequence[float]) -> bool:
@@ -170,8 +171,8 @@ def auto_search(
     within ``ratio`` of the median (:func:`agrees`), the two size signals disagree and the
     search starts over at factor 1 (that pass not counted in ``passes``). Then, while the last
     size calls for shrinking (:func:`auto_scale` of it is below 1) and fewer than ``passes``
-    segmentations were done, the factor is multiplied by that step (the product clipped to :data:`SCALE_LIMITS`; the search
-    stops when clipping leaves it unchanged). ``result`` and ``factor`` are those of the pass
+    segmentations were done, the factor is multiplied by that step (the product clipped to
+    :data:`SCALE_LIMITS`; the search stops when clipping leaves it unchanged). ``result`` and ``factor`` are those of the pass
     whose size is closest to the training median (a later pass only when strictly closer);
     ``trail`` lists ``(factor, size)`` of every pass in order."""
     if passes < 1:

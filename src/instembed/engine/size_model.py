@@ -29,7 +29,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -64,27 +63,21 @@ def encoder_features(model: nn.Module, image, scale: float = 1.0) -> np.ndarray:
     """Mean and standard deviation over space of each encoder level below full resolution, for
     ``image`` (C, H, W) resized by ``scale`` (bilinear, antialiased when shrinking) and cropped
     to its central :data:`CROP` x :data:`CROP` pixels; one vector (float64)."""
+    from instembed.engine.predict import resize_image, scaled_size
+    from instembed.models.blocks import pad_to_multiple
+
     enc = _encoder(model)
     param = next(model.parameters())
     if isinstance(image, torch.Tensor):
-        x = image.detach().float()[None].to(param.device)
+        x = image.detach().float().to(param.device)
     else:
-        x = torch.as_tensor(np.asarray(image, np.float32))[None].to(param.device)
-    if x.ndim != 4:
-        raise ValueError(f"image must be (C, H, W), got shape {tuple(x.shape[1:])}")
-    if scale != 1.0:
-        h, w = x.shape[-2:]
-        size = (max(1, round(h * scale)), max(1, round(w * scale)))
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
+        x = torch.as_tensor(np.asarray(image, np.float32)).to(param.device)
+    if x.ndim != 3:
+        raise ValueError(f"image must be (C, H, W), got shape {tuple(x.shape)}")
+    x = resize_image(x, scaled_size(tuple(x.shape[-2:]), scale))[None]
     h, w = x.shape[-2:]
     top, left = max(0, (h - CROP) // 2), max(0, (w - CROP) // 2)
-    x = x[..., top : top + CROP, left : left + CROP]
-    div = _divisor(model)
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % div, (-w) % div
-    if ph or pw:
-        mode = "reflect" if ph < h and pw < w else "replicate"
-        x = F.pad(x, (0, pw, 0, ph), mode=mode)
+    x, _ = pad_to_multiple(x[..., top : top + CROP, left : left + CROP], _divisor(model))
     was_training = model.training
     model.eval()
     try:
