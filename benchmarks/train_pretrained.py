@@ -226,6 +226,11 @@ def train_on_split(
         if old_cfg is not None and old_cfg.model.in_channels == 1 < cfg.model.in_channels:
             weights = ck.gray_to_colour(trainer.model, weights, source=str(init))
             log.info("gray weights widened to %d input channels", cfg.model.in_channels)
+        old_width = (old_cfg.model.params or {}).get("width") if old_cfg is not None else None
+        new_width = (cfg.model.params or {}).get("width")
+        if old_width is not None and new_width is not None and old_width < new_width:
+            weights = ck.widen(trainer.model, weights, source=str(init))
+            log.info("weights of width %d widened to %d (same function)", old_width, new_width)
         ck.load_model_state(trainer.model, weights, source=str(init))
         log.info("initialised the weights from %s (its step %s)", init, state.get("step"))
     t0 = time.perf_counter()

@@ -223,3 +223,63 @@ def test_gray_to_colour_refuses_other_differences():
     wider = build_model("unet", 1, width=8, **kw).state_dict()
     with pytest.raises(ValueError, match="only a 1-channel input convolution can be widened"):
         ck.gray_to_colour(colour, wider, source="y.pt")
+
+
+@pytest.mark.parametrize("bilinear", [False, True])
+def test_widened_unet_computes_the_narrow_network(bilinear):
+    """A width-4 U-Net embedded into a width-6 one: the same outputs in eval and in training
+    mode (batch statistics), and the new channels' outgoing weights get gradients at once."""
+    from instembed.models import build_model
+
+    torch.manual_seed(0)
+    kw = dict(heads={"embedding": 2, "sigma": 2, "seed": 1}, depth=2, bilinear=bilinear)
+    narrow = build_model("unet", 3, width=4, **kw)
+    with torch.no_grad():  # running statistics away from their defaults
+        for m in narrow.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+                m.weight.uniform_(0.5, 2)
+                m.bias.uniform_(-1, 1)
+    wide = build_model("unet", 3, width=6, **kw)
+    state = ck.widen(wide, narrow.state_dict(), source="n.pt")
+    ck.load_model_state(wide, state, source="n.pt")
+    x = torch.rand(2, 3, 32, 32)
+    for mode in ("eval", "train"):
+        getattr(narrow, mode)()
+        getattr(wide, mode)()
+        with torch.no_grad():
+            want, got = narrow(x), wide(x)
+        for name in ("embedding", "sigma", "seed"):
+            torch.testing.assert_close(
+                getattr(got, name), getattr(want, name), atol=1e-5, rtol=1e-4
+            )
+    # the head reads the 2 new full-resolution channels with weight 0; they learn at step 1
+    head = wide.decoders[0].head.weight
+    assert head.shape[1] == 6 and torch.all(head[:, 4:] == 0)
+    wide.train()
+    out = wide(x)
+    (out.embedding.sum() + out.seed.sum()).backward()
+    assert head.grad[:, 4:].abs().sum() > 0
+    # a decoder block's concatenated input: old upsampled channels at 0..1, old skip at 6..7
+    first = wide.decoders[0].blocks[-1][0][0].weight  # (6, 12, 3, 3)
+    old = narrow.decoders[0].blocks[-1][0][0].weight  # (4, 8, 3, 3)
+    assert torch.equal(first[:4, :4], old[:, :4]) and torch.equal(first[:4, 6:10], old[:, 4:])
+    assert torch.all(first[:4, 4:6] == 0) and torch.all(first[:4, 10:] == 0)
+
+
+def test_widen_refuses_other_differences():
+    from instembed.models import build_model
+
+    kw = dict(heads={"embedding": 2})
+    wide = build_model("unet", 1, width=8, depth=2, **kw)
+    with pytest.raises(ValueError, match="a.pt: not the layout of the model"):
+        ck.widen(wide, build_model("unet", 1, width=4, depth=3, **kw).state_dict(), source="a.pt")
+    with pytest.raises(ValueError, match="b.pt: .* only channel counts may grow"):
+        ck.widen(
+            build_model("unet", 1, width=4, depth=2, **kw),
+            wide.state_dict(),
+            source="b.pt",
+        )
+    with pytest.raises(ValueError, match="c.pt: already as wide"):
+        ck.widen(wide, wide.state_dict(), source="c.pt")

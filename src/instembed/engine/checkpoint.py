@@ -245,6 +245,83 @@ def gray_to_colour(
     return out
 
 
+def _channel_layout(model: torch.nn.Module) -> tuple[set[str], set[str]]:
+    """(weights whose input is two equal halves concatenated -- the first convolution of each
+    U-Net decoder block reads ``cat([upsampled, skip])`` --, transposed-convolution weights,
+    stored as (in, out, k, k))."""
+    from instembed.models.unet import UNetDecoder
+
+    halves, transposed = set(), set()
+    for name, mod in model.named_modules():
+        if isinstance(mod, UNetDecoder):
+            halves.update(f"{name}.blocks.{i}.0.0.weight" for i in range(len(mod.blocks)))
+        if isinstance(mod, torch.nn.ConvTranspose2d):
+            transposed.add(f"{name}.weight")
+    return halves, transposed
+
+
+def widen(
+    model: torch.nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint"
+) -> dict[str, torch.Tensor]:
+    """``state`` of a narrower network of the same layout as ``model`` (a U-Net with a smaller
+    ``width``), embedded into ``model``'s tensors so that ``model`` computes exactly what the
+    narrow network computed, in training and in eval mode.
+
+    Old channels keep their weights (each half of a decoder block's concatenated input moved to
+    where that half now starts). New channels keep ``model``'s own initialisation on their
+    incoming side (their convolution weights, a fresh normalisation) and get zero weights on
+    their outgoing side: every old channel and the heads read them with weight 0. So they do not
+    change the output, yet their outgoing weights receive gradients from the first step on
+    (unlike Net2Net's duplication, Chen et al. 2016, which needs noise to break the symmetry).
+    ValueError naming ``source`` when a tensor is missing or extra, or differs in another way
+    than growing channel counts."""
+    own = model.state_dict()
+    missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or extra:
+        raise ValueError(
+            f"{source}: not the layout of the model (missing {missing[:3]}, unexpected "
+            f"{extra[:3]}); only the width may differ"
+        )
+    halves, transposed = _channel_layout(model)
+    out, widened = {}, 0
+    for k, t in state.items():
+        mine = own[k]
+        if mine.shape == t.shape:
+            out[k] = t.clone()
+            continue
+        grows = mine.ndim == t.ndim and all(b >= a for a, b in zip(t.shape, mine.shape))
+        if (
+            not grows
+            or (mine.ndim == 4 and mine.shape[2:] != t.shape[2:])
+            or mine.ndim not in (1, 4)
+        ):
+            raise ValueError(
+                f"{source}: {k} has shape {tuple(t.shape)}, the model expects "
+                f"{tuple(mine.shape)}; only channel counts may grow"
+            )
+        new = mine.detach().clone()
+        widened += 1
+        if mine.ndim == 1:  # biases and normalisation: old channels first, the rest as initialised
+            new[: t.shape[0]] = t
+            out[k] = new
+            continue
+        # views as (out, in, k, k)
+        w_new, w_old = (new.transpose(0, 1), t.transpose(0, 1)) if k in transposed else (new, t)
+        n_out, n_in = w_old.shape[:2]
+        if k in halves:
+            a, b = n_in // 2, w_new.shape[1] // 2
+            cols = [(slice(0, a), slice(0, a)), (slice(a, n_in), slice(b, b + a))]
+        else:
+            cols = [(slice(0, n_in), slice(0, n_in))]
+        w_new[:n_out] = 0.0  # old outputs read nothing but their old inputs
+        for src, dst in cols:
+            w_new[:n_out, dst] = w_old[:, src]
+        out[k] = new
+    if not widened:
+        raise ValueError(f"{source}: already as wide as the model; nothing to widen")
+    return out
+
+
 # --------------------------------------------------------------------------- RNG state
 def capture_rng_state() -> dict:
     """The torch / numpy / python / CUDA global RNG states as weights_only-safe objects."""
