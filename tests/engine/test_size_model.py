@@ -198,3 +198,52 @@ def test_auto_with_a_size_model_refuses_a_wrong_channel_count_with_its_message()
     predictor = Predictor(net, cfg, cluster=cluster, scale="auto")
     with pytest.raises(ValueError, match=r"image must be \(1, H, W\) for this model"):
         predictor(np.zeros((3, 32, 32), np.float32))
+
+
+def _tiny_run(tmp_path, n_train):
+    import yaml
+
+    cfg = {
+        "data": {"synth": "dot_grid", "n_train": n_train, "n_val": 0, "size": [32, 32]},
+        "model": {
+            "name": "embedding",
+            "backbone": "unet",
+            "params": {"heads": {"embedding": 2, "seed": 1}, "depth": 2, "width": 4},
+        },
+        "run": {"steps": 2, "progress": False, "tensorboard": False},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_train_size_model_fits_the_trained_weights_on_the_training_images(tmp_path, capsys):
+    from instembed.cli import main
+    from instembed.engine.build import build_datasets, build_model_from_config
+    from instembed.engine.config import load_config
+
+    cfg_path, out = _tiny_run(tmp_path, n_train=3), tmp_path / "run"
+    assert main(["train", str(cfg_path), "--out", str(out), "--size-model"]) == 0
+    assert "size model fitted on 3 training image(s)" in capsys.readouterr().out
+    state = ck.load_checkpoint(out / "best.pt")
+    assert "size_model" in state and "model" in state
+    # independently: the same weights, the training images built from the same config
+    cfg = load_config(str(cfg_path))
+    train_set, _ = build_datasets(cfg)
+    net = build_model_from_config(cfg.model)
+    net.load_state_dict(state["model"])
+    want = fit_size_model(net.eval(), train_set.samples)
+    got = SizeModel.from_dict(state["size_model"])
+    np.testing.assert_allclose(got.weights, want.weights, rtol=1e-6, atol=1e-9)
+    assert got.bias == pytest.approx(want.bias) and got.n_images == 3
+    model, _ = load_model(out)
+    np.testing.assert_allclose(model.size_model.mean, want.mean, rtol=1e-6)
+
+
+def test_train_size_model_with_one_image_warns_and_stores_none(tmp_path, capsys):
+    from instembed.cli import main
+
+    cfg_path, out = _tiny_run(tmp_path, n_train=1), tmp_path / "run"
+    assert main(["train", str(cfg_path), "--out", str(out), "--size-model"]) == 0
+    assert "fewer than two training images hold objects" in capsys.readouterr().err
+    assert "size_model" not in ck.load_checkpoint(out / "best.pt")

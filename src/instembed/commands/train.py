@@ -44,6 +44,13 @@ def add_arguments(parser) -> None:
         help="skip bad items of a data folder with a warning instead of failing "
         "(shorthand for data.reader_params.skip_bad=true)",
     )
+    parser.add_argument(
+        "--size-model",
+        action="store_true",
+        help="after training, fit a size model on the training images (the object size from "
+        "the look of an image: predict --scale auto then resizes images at another "
+        "magnification in one step) and store it in best.pt",
+    )
     add_threads_argument(parser, why="--threads 1 is often fastest on a busy machine")
 
 
@@ -111,4 +118,28 @@ def run(args) -> int:
                 f"best {result.best['metric']}={result.best['value']:.4f} at step "
                 f"{result.best['step']}: {out / 'best.pt'}"
             )
+        if args.size_model and result.status != "interrupted":
+            fit_size_model_into(out, trainer)
     return 130 if result.status == "interrupted" else 0
+
+
+def fit_size_model_into(out, trainer) -> None:
+    """``train --size-model``: a size model for the run's selected weights (best.pt, or last.pt
+    when there is none), fitted on the training set's whole images."""
+    import sys
+
+    from instembed.engine.size_model import add_to_checkpoint
+
+    path = next((p for p in (out / "best.pt", out / "last.pt") if p.exists()), None)
+    if path is None:
+        print(f"instembed train: --size-model: no checkpoint in {out}", file=sys.stderr)
+        return
+    sm = add_to_checkpoint(path, trainer.train_set.samples)
+    if sm is None:
+        print(
+            "instembed train: warning: --size-model: fewer than two training images hold "
+            f"objects; {path} has no size model",
+            file=sys.stderr,
+        )
+    else:
+        print(f"size model fitted on {sm.n_images} training image(s), stored in {path}")
