@@ -330,3 +330,23 @@ def test_predict_coco_gt_gives_the_annotation_files_image_ids(tmp_path, capsys):
     rc = main(["predict", "--model", str(path), str(inputs), "--out", str(tmp_path / "o3"),
                "--coco-gt", str(gt)])  # fmt: skip
     assert rc == 2 and "--coco-gt gives image ids to --coco / --panoptic" in capsys.readouterr().err
+
+
+def test_predictor_read_applies_the_models_normalisation_and_channels(tmp_path):
+    """A gray uint16 file whose intensities span 10..40: the model's percentile normalisation
+    with min_range 150 gives (x - p1) / 150 (a dim field stays dim; without the floor it would
+    span 0..1), repeated into the 3 channels of a colour model."""
+    img = np.tile(np.arange(10, 41, dtype=np.uint16), (31, 1))  # each value 31 times
+    tifffile.imwrite(tmp_path / "dim.tif", img)
+    cfg = Config()
+    cfg.data.reader_params = {"normalize": "percentile", "min_range": 150}
+    cfg.model.in_channels = 3
+    net = build_model("unet", 3, heads={"embedding": 2}, depth=1, width=4)
+    got = Predictor(net, cfg).read(tmp_path / "dim.tif")
+    lo = np.percentile(img, 1.0)  # the reader's low percentile
+    assert got.shape == (3, 31, 31) and got.dtype == np.float32
+    np.testing.assert_allclose(got[0], (img - lo) / 150.0, atol=1e-6)
+    assert np.array_equal(got[0], got[2]) and got.max() < 0.21
+    cfg.data.reader_params = {"normalize": "percentile"}
+    plain = Predictor(net, cfg).read(tmp_path / "dim.tif")
+    assert plain.max() > 0.99  # the unfloored stretch, for contrast

@@ -100,14 +100,9 @@ def _stardist(shared_data):
 
 @pytest.mark.parametrize("name", sorted(MIN_AP_DSB_STARDIST))
 def test_nuclei_model_on_stardist_example(shared_data, predictors, name):
-    from instembed.data.io import load_image
-    from instembed.data.normalize import model_normalization
-
     path, _, gt = _stardist(shared_data)
     predictor = predictors(name)
-    # the model's own input normalisation (as `instembed predict` applies it)
-    mode, min_range = model_normalization(predictor.cfg.data.reader_params)
-    image, _ = load_image(path, mode, channels=predictor.in_channels, min_range=min_range)
+    image = predictor.read(path)  # the model's own input normalisation, as predict reads it
     pred = predictor(image)
     m = evaluate_image(gt, pred.labels, scores=pred.scores)
     assert m["AP_dsb@0.5"] >= MIN_AP_DSB_STARDIST[name], m["AP_dsb@0.5"]

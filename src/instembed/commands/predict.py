@@ -245,8 +245,6 @@ def run(args) -> int:
     import numpy as np
 
     from instembed.commands._options import apply_threads, check_threads
-    from instembed.data.io import load_image
-    from instembed.data.normalize import model_normalization
     from instembed.engine import writers as W
     from instembed.engine.distributed import resolve_device
     from instembed.engine.outputs import check_outputs, output_names, planned_files
@@ -326,7 +324,6 @@ def run(args) -> int:
         halo=args.halo,
     )
     predictor.cluster = _cluster_config(predictor.cluster, args.cluster)  # before any image
-    normalize, min_range = model_normalization(predictor.cfg.data.reader_params)
     out.mkdir(parents=True, exist_ok=True)
     opts = WriteOptions(labels_format=args.format, overlay=not args.no_overlay)
     coco_records: list[dict] = []
@@ -343,13 +340,7 @@ def run(args) -> int:
     for position, path in enumerate(iterator, start=1):
         image_id = position if id_of is None else id_of[path]
         try:
-            image, _ = load_image(
-                path,
-                normalize,
-                channels=predictor.in_channels,
-                channel=args.channel,
-                min_range=min_range,
-            )
+            image = predictor.read(path, args.channel)
         except (ValueError, OSError) as err:  # ImageReadError is a ValueError
             msg = str(err) if str(path) in str(err) else f"{path}: {err}"
             print(f"instembed predict: skipped {msg}", file=sys.stderr)
@@ -550,13 +541,11 @@ def _run_files_on_dask(args, files, names, out, skip, bad) -> int:
     """--scheduler / --workers without --blocks: one Dask task per image."""
     import sys
 
-    from instembed.data.normalize import model_normalization
     from instembed.engine.dask_run import ModelSpec, predict_files
     from instembed.engine.predict import WriteOptions, load_model
 
     _, cfg = load_model(args.model, "cpu")
     cluster = _cluster_config(cfg.cluster, args.cluster)  # before any image
-    normalize, min_range = model_normalization(cfg.data.reader_params)
     spec = ModelSpec(
         args.model,
         device=args.device,
@@ -576,8 +565,6 @@ def _run_files_on_dask(args, files, names, out, skip, bad) -> int:
         spec,
         out,
         WriteOptions(labels_format=args.format, overlay=not args.no_overlay),
-        normalize=normalize,
-        min_range=min_range,
         channel=args.channel,
         scheduler=args.scheduler,
         workers=args.workers,

@@ -305,17 +305,12 @@ def raise_failed(name: str, what: str, failed: dict, total: int, where, rows=Non
 
 
 # --------------------------------------------------------------------------- many images
-def _file_task(
-    spec, path: str, stem: str, out: str, opts, normalize: str, channel, min_range=0.0
-) -> dict:
-    from instembed.data.io import load_image
+def _file_task(spec, path: str, stem: str, out: str, opts, channel) -> dict:
     from instembed.engine.predict import write_prediction
 
     try:
         pred = spec.predictor()
-        image, _ = load_image(
-            path, normalize, channels=pred.in_channels, channel=channel, min_range=min_range
-        )
+        image = pred.read(path, channel)
         res = pred(image)
         write_prediction(Path(out), stem, image, res, opts)
     except Exception as err:
@@ -346,19 +341,17 @@ def predict_files(
     out,
     opts,
     *,
-    normalize: str,
     channel: int | None = None,
     scheduler=None,
     workers: int | None = None,
     threads: int | None = None,
     progress=None,
     skip: set | None = None,
-    min_range: float = 0.0,
 ) -> FilesRun:
     """Segment image files as Dask tasks, one per image, each written as ``instembed predict``
     writes it (:func:`instembed.engine.predict.write_prediction` with ``opts``) under ``out``
-    with its name from ``names``; each image read by :func:`instembed.data.io.load_image` with
-    ``normalize`` and ``min_range`` (the model's: ``data.reader_params``). Inputs in ``skip``
+    with its name from ``names``; each image read as the model's training data were
+    (:meth:`instembed.engine.predict.Predictor.read`). Inputs in ``skip``
     are left out (counted as ``skipped``). A failed image is listed in ``failed`` and the
     others go on."""
     t0 = time.perf_counter()
@@ -370,7 +363,7 @@ def predict_files(
         runner = Runner(client)
         shared = runner.share(spec)
         jobs = {
-            str(f): (shared, str(f), name, str(out), opts, normalize, channel, min_range)
+            str(f): (shared, str(f), name, str(out), opts, channel)
             for f, name in zip(files, names)
             if not skip or f not in skip
         }

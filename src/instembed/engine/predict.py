@@ -202,6 +202,19 @@ class Predictor:
         model, cfg = load_model(spec, device)
         return cls(model, cfg, device=device, **kw)
 
+    def read(self, path, channel: int | None = None) -> np.ndarray:
+        """Image file ``path`` as (C, H, W) float32, read as the model's training data were:
+        its input normalisation and ``min_range`` (``data.reader_params``), its channel count
+        (``channel`` picks one channel of a colour file for a 1-channel model)."""
+        from instembed.data.io import load_image
+        from instembed.data.normalize import model_normalization
+
+        normalize, min_range = model_normalization(self.cfg.data.reader_params)
+        image, _ = load_image(
+            path, normalize, channels=self.in_channels, channel=channel, min_range=min_range
+        )
+        return image
+
     @torch.no_grad()
     def outputs(self, image) -> Outputs:
         """Network outputs (batch dim 1, on CPU, float32) for one image (C, H, W)."""
