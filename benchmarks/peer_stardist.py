@@ -294,7 +294,9 @@ def train_stardist(
         done.write_text(json.dumps(facts, indent=1))
     t1 = time.perf_counter()
     n_tune = len(Xv) if tune_on is None else tune_on
-    model.optimize_thresholds(Xv[:n_tune], Yv[:n_tune])
+    # its matching takes non-negative label images only: the ignored / overlap pixels count as
+    # background there (they are negative in the training targets only)
+    model.optimize_thresholds(Xv[:n_tune], [np.maximum(y, 0) for y in Yv[:n_tune]])
     tune_s = time.perf_counter() - t1
     facts = {
         **facts,
