@@ -136,8 +136,7 @@ def test_widget_adds_the_labels_segment_gives(widget, qtbot, cells, monkeypatch)
     assert widget.image.value is viewer.layers["cells"]
     assert widget.cluster_overrides() == {}
     defaults = widget.info.thresholds  # the model's values fill the form
-    # the shipped model's tuned 0.875 is shown unrounded (not as 0.88, an override)
-    assert widget.cluster["seed_thresh"].value == defaults["seed_thresh"] == 0.875
+    assert widget.cluster["seed_thresh"].value == defaults["seed_thresh"]
     widget.dense["seed"].value = True
     _run(widget, qtbot)
     assert len(threads) == 1 and threads[0] is not threading.main_thread()
@@ -180,6 +179,20 @@ BAD_LAYERS = [
     (np.zeros((2, 3, 40, 40), np.float32), "got 4-D data of shape (2, 3, 40, 40)"),
     (np.zeros((40, 2), np.float32), "at least 4 x 4 pixels"),
 ]
+
+
+def test_a_tuned_threshold_is_shown_unrounded(widget):
+    """A tuned 0.875 shown as 0.88 would be an override the user never made."""
+    import dataclasses
+
+    info = widget.info
+    params = dict(info.params) | {"seed_thresh": 0.875, "fg_thresh": 0.4}
+    widget._set_info(dataclasses.replace(info, params=params))
+    assert widget.cluster["seed_thresh"].value == 0.875
+    assert widget.cluster["fg_thresh"].value == 0.4
+    assert widget.cluster_overrides() == {}
+    widget.cluster["seed_thresh"].value = 0.9
+    assert widget.cluster_overrides() == {"seed_thresh": 0.9}
 
 
 def test_bad_input_gives_a_message_and_leaves_the_viewer_usable(
