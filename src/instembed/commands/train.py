@@ -128,10 +128,12 @@ def fit_size_model_into(out, trainer) -> None:
     when there is none), fitted on the training set's whole images."""
     import sys
 
+    from instembed.engine.predict import resolve_model
     from instembed.engine.size_model import add_to_checkpoint
 
-    path = next((p for p in (out / "best.pt", out / "last.pt") if p.exists()), None)
-    if path is None:
+    try:
+        path = resolve_model(out)  # what predict --model RUN loads: best.pt, else last.pt
+    except FileNotFoundError:
         print(f"instembed train: --size-model: no checkpoint in {out}", file=sys.stderr)
         return
     sm = add_to_checkpoint(path, trainer.train_set.samples)

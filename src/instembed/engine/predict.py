@@ -101,7 +101,13 @@ def load_model(
 ) -> tuple[nn.Module, Config]:
     """(model in eval mode on ``device``, its run config) from a checkpoint / run / pretrained name."""
     path = resolve_model(spec, pretrained_dir)
-    state = ck.load_checkpoint(path, map_location="cpu")
+    model, cfg = model_from_checkpoint(ck.load_checkpoint(path, map_location="cpu"), path)
+    return model.to(device).eval(), cfg
+
+
+def model_from_checkpoint(state: dict, path: str | Path) -> tuple[nn.Module, Config]:
+    """(model with the weights of the loaded checkpoint ``state``, its run config); errors name
+    ``path``. The checkpoint's size model, if any, is attached as ``model.size_model``."""
     try:
         cfg = config_from_yaml(state["config"])
     except ValueError as err:
@@ -112,7 +118,7 @@ def load_model(
         from instembed.engine.size_model import SizeModel
 
         model.size_model = SizeModel.from_dict(state["size_model"], source=str(path))
-    return model.to(device).eval(), cfg
+    return model, cfg
 
 
 # --------------------------------------------------------------------------- prediction

@@ -218,12 +218,10 @@ def add_to_checkpoint(path, samples: Sequence, **fit_params) -> SizeModel | None
     everything else in it kept. Returns the fitted model, or None (the checkpoint unchanged)
     when too few images hold objects."""
     from instembed.engine import checkpoint as ck
-    from instembed.engine.build import build_model_from_config
-    from instembed.engine.config import config_from_yaml
+    from instembed.engine.predict import model_from_checkpoint
 
     state = ck.load_checkpoint(path, map_location="cpu")
-    model = build_model_from_config(config_from_yaml(state["config"]).model)
-    ck.load_model_state(model, state["model"], source=str(path))
+    model, _ = model_from_checkpoint(state, path)
     sm = fit_size_model(model.eval(), samples, **fit_params)
     if sm is not None:
         state["size_model"] = sm.to_dict()
